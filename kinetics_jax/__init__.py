@@ -1,0 +1,16 @@
+"""kinetics_jax: Qwen3 in JAX/Flax NNX for the Kinetics study of test-time scaling.
+
+    import kinetics_jax as kj
+    model = kj.load_hf_checkpoint("Qwen3-0.6B/", dtype=jnp.bfloat16)
+    logits = model(input_ids)                      # float32[B, T, vocab]
+"""
+
+from kinetics_jax.checkpoint import (CheckpointError, convert_hf_checkpoint, load_checkpoint, load_hf_checkpoint,
+                                     save_checkpoint)
+from kinetics_jax.config import Qwen3Config
+from kinetics_jax.model import Qwen3ForCausalLM
+
+__version__ = "0.1.0"
+
+__all__ = ["CheckpointError", "Qwen3Config", "Qwen3ForCausalLM", "convert_hf_checkpoint", "load_checkpoint",
+           "load_hf_checkpoint", "save_checkpoint"]

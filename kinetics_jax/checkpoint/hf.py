@@ -1,0 +1,271 @@
+"""Hugging Face safetensors checkpoints: validation, streaming reads, and the HF <-> canonical name map.
+
+`HFCheckpoint(hf_dir)` reads config.json and every safetensors header (never the tensor data) and checks the
+whole checkpoint up front: missing or unexpected tensors, wrong shapes (a config that disagrees with the
+weights), truncated or corrupt files, a missing index shard. Only then are tensors read, one at a time, through
+memory-mapped `safetensors` reads. Expert weights may be stored per expert (`mlp.experts.{e}.gate_proj.weight`,
+what `save_pretrained` writes) or fused (`mlp.experts.gate_up_proj` [E, 2*moe_mlp, hidden] and
+`mlp.experts.down_proj` [E, hidden, moe_mlp], transformers 5 in-memory layout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from typing import Callable, Iterator, Sequence
+
+import jax
+import ml_dtypes
+import numpy as np
+from safetensors import safe_open
+
+from kinetics_jax.config import Qwen3Config
+from kinetics_jax.model import Qwen3ForCausalLM
+from kinetics_jax.checkpoint import layout
+from kinetics_jax.model.layers import DType
+
+_FLOAT_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64}
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or does not match its config. The message names the file or tensor."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _TensorInfo:
+    file: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """How one canonical array is made from HF tensors: read `names` (each of `hf_shape`, optionally only the
+    `index` part), stack them if there are several, then `convert` to the canonical layout."""
+
+    names: tuple[str, ...]
+    hf_shape: tuple[int, ...]
+    convert: Callable[[np.ndarray], np.ndarray]
+    index: tuple[slice, ...] | None = None
+
+
+def _read_header(path: str) -> dict[str, _TensorInfo]:
+    """Parses one safetensors header and checks that every tensor's bytes lie inside the file."""
+    name = os.path.basename(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise CheckpointError(f"{name}: file is truncated (no safetensors header)")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > size - 8:
+                raise CheckpointError(f"{name}: file is truncated or corrupt (header of {header_len} bytes, "
+                                      f"file of {size} bytes)")
+            header = json.loads(f.read(header_len))
+    except FileNotFoundError:
+        raise CheckpointError(f"safetensors file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{name}: corrupt safetensors header ({e})") from None
+    header.pop("__metadata__", None)
+    data_size = size - 8 - header_len
+    infos = {}
+    for tensor, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{name}: corrupt safetensors header entry for tensor {tensor!r}") from None
+        if end > data_size:
+            raise CheckpointError(f"{name}: file is truncated: tensor {tensor!r} ends at byte {end} of the data "
+                                  f"section, which has {data_size} bytes")
+        if dtype in _DTYPE_BYTES and end - begin != int(np.prod(shape)) * _DTYPE_BYTES[dtype]:
+            raise CheckpointError(f"{name}: corrupt header: tensor {tensor!r} of shape {shape} and dtype {dtype} "
+                                  f"spans {end - begin} bytes")
+        infos[tensor] = _TensorInfo(path, dtype, shape)
+    return infos
+
+
+def _read_index(hf_dir: str) -> dict[str, _TensorInfo]:
+    """All tensors of the checkpoint: model.safetensors, or the shards listed in model.safetensors.index.json."""
+    index_path = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        try:
+            with open(index_path) as f:
+                weight_map: dict[str, str] = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"model.safetensors.index.json: corrupt index ({e})") from None
+        tensors: dict[str, _TensorInfo] = {}
+        for shard in sorted(set(weight_map.values())):
+            path = os.path.join(hf_dir, shard)
+            if not os.path.exists(path):
+                raise CheckpointError(f"index shard {shard} listed in model.safetensors.index.json is missing")
+            tensors.update(_read_header(path))
+        for tensor, shard in weight_map.items():
+            if tensor not in tensors or os.path.basename(tensors[tensor].file) != shard:
+                raise CheckpointError(f"tensor {tensor!r} is listed in model.safetensors.index.json under {shard} "
+                                      f"but that file does not contain it")
+        return tensors
+    single = os.path.join(hf_dir, "model.safetensors")
+    if not os.path.exists(single):
+        raise CheckpointError(f"no model.safetensors or model.safetensors.index.json in {hf_dir}")
+    return _read_header(single)
+
+
+def _sources(config: Qwen3Config, tensors: dict[str, _TensorInfo]) -> dict[str, _Source]:
+    """The HF recipe of every canonical key. Expert spelling (fused or per expert) is chosen per layer from
+    the tensors present."""
+    h, d, hq, hkv = config.hidden_size, config.head_dim, config.num_attention_heads, config.num_key_value_heads
+    t = lambda a: a.T  # noqa: E731  (HF Linear [out, in] -> kernel [in, out])
+    src = {"embed_tokens.embedding": _Source(("model.embed_tokens.weight",), (config.vocab_size, h), lambda a: a),
+           "norm.scale": _Source(("model.norm.weight",), (h,), lambda a: a)}
+    if not config.tie_word_embeddings:
+        src["lm_head"] = _Source(("lm_head.weight",), (config.vocab_size, h), t)
+    for i in range(config.num_hidden_layers):
+        p, k = f"model.layers.{i}.", f"layers.{i}."
+        src[k + "input_layernorm.scale"] = _Source((p + "input_layernorm.weight",), (h,), lambda a: a)
+        src[k + "post_attention_layernorm.scale"] = _Source((p + "post_attention_layernorm.weight",), (h,),
+                                                            lambda a: a)
+        src[k + "self_attn.q_norm.scale"] = _Source((p + "self_attn.q_norm.weight",), (d,), lambda a: a)
+        src[k + "self_attn.k_norm.scale"] = _Source((p + "self_attn.k_norm.weight",), (d,), lambda a: a)
+        src[k + "self_attn.q_proj"] = _Source((p + "self_attn.q_proj.weight",), (hq * d, h),
+                                              lambda a: a.T.reshape(h, hq, d))
+        for name in ("k_proj", "v_proj"):
+            src[k + f"self_attn.{name}"] = _Source((p + f"self_attn.{name}.weight",), (hkv * d, h),
+                                                   lambda a: a.T.reshape(h, hkv, d))
+        src[k + "self_attn.o_proj"] = _Source((p + "self_attn.o_proj.weight",), (h, hq * d),
+                                              lambda a: a.T.reshape(hq, d, h))
+        if not config.is_moe_layer(i):
+            m = config.intermediate_size
+            src[k + "mlp.gate_proj"] = _Source((p + "mlp.gate_proj.weight",), (m, h), t)
+            src[k + "mlp.up_proj"] = _Source((p + "mlp.up_proj.weight",), (m, h), t)
+            src[k + "mlp.down_proj"] = _Source((p + "mlp.down_proj.weight",), (h, m), t)
+            continue
+        e, m = config.num_experts, config.moe_intermediate_size
+        swap = lambda a: a.transpose(0, 2, 1)  # noqa: E731  ([E, out, in] -> [E, in, out])
+        src[k + "mlp.router"] = _Source((p + "mlp.gate.weight",), (e, h), t)
+        if p + "mlp.experts.gate_up_proj" in tensors:
+            fused = (p + "mlp.experts.gate_up_proj",)
+            src[k + "mlp.gate_proj"] = _Source(fused, (e, 2 * m, h), swap, (slice(None), slice(0, m)))
+            src[k + "mlp.up_proj"] = _Source(fused, (e, 2 * m, h), swap, (slice(None), slice(m, 2 * m)))
+            src[k + "mlp.down_proj"] = _Source((p + "mlp.experts.down_proj",), (e, h, m), swap)
+        else:
+            for name, shape in (("gate_proj", (m, h)), ("up_proj", (m, h)), ("down_proj", (h, m))):
+                names = tuple(f"{p}mlp.experts.{j}.{name}.weight" for j in range(e))
+                src[k + f"mlp.{name}"] = _Source(names, shape, swap)
+    return src
+
+
+def _summarize(names: Sequence[str], limit: int = 5) -> str:
+    names = sorted(names)
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+class HFCheckpoint:
+    """A validated Hugging Face Qwen3 checkpoint directory. Construction reads only config and headers."""
+
+    def __init__(self, hf_dir: str | os.PathLike):
+        self.hf_dir = os.fspath(hf_dir)
+        if not os.path.isdir(self.hf_dir):
+            raise CheckpointError(f"checkpoint directory not found: {self.hf_dir}")
+        self.config = Qwen3Config.from_hf_config(self.hf_dir)
+        self._tensors = _read_index(self.hf_dir)
+        self._sources = _sources(self.config, self._tensors)
+        self._check()
+        self._files: dict[str, object] = {}
+
+    def _check(self) -> None:
+        expected = {name for s in self._sources.values() for name in s.names}
+        missing = expected - set(self._tensors)
+        if missing:
+            raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s): {_summarize(missing)}")
+        unexpected = set(self._tensors) - expected
+        # A tied checkpoint may still carry a copy of the embedding as lm_head.weight; it is checked, then unused.
+        self._tied_copy = self.config.tie_word_embeddings and "lm_head.weight" in unexpected
+        if self._tied_copy:
+            unexpected.discard("lm_head.weight")
+        if unexpected:
+            raise CheckpointError(f"checkpoint has {len(unexpected)} unexpected tensor(s) for this config: "
+                                  f"{_summarize(unexpected)}")
+        shape_of = {name: s.hf_shape for s in self._sources.values() for name in s.names}
+        if self._tied_copy:
+            shape_of["lm_head.weight"] = shape_of["model.embed_tokens.weight"]
+        for name, shape in shape_of.items():
+            info = self._tensors[name]
+            if info.shape != shape:
+                raise CheckpointError(f"tensor {name!r} in {os.path.basename(info.file)} has shape {info.shape}, "
+                                      f"but config.json implies {shape}: the config disagrees with the weights")
+            if info.dtype not in _FLOAT_DTYPES:
+                raise CheckpointError(f"tensor {name!r} has dtype {info.dtype}; only float checkpoints "
+                                      f"({', '.join(_FLOAT_DTYPES)}) are supported")
+
+    @property
+    def keys(self) -> list[str]:
+        """Canonical keys in model order."""
+        return list(self._sources)
+
+    def num_tensors(self, key: str) -> int:
+        """HF tensors read to build `key`."""
+        return len(self._sources[key].names)
+
+    def _read_tensor(self, name: str, index: tuple[slice, ...] | None) -> np.ndarray:
+        info = self._tensors[name]
+        handle = self._files.get(info.file)
+        if handle is None:
+            handle = self._files[info.file] = safe_open(info.file, framework="numpy")
+        try:
+            return handle.get_slice(name)[index] if index is not None else handle.get_tensor(name)
+        except Exception as e:  # safetensors raises its own error types for I/O and format problems
+            raise CheckpointError(f"{os.path.basename(info.file)}: cannot read tensor {name!r}: {e}") from None
+
+    def read(self, key: str, dtype: DType | None = None) -> np.ndarray:
+        """The canonical array `key` as numpy, cast to `dtype` (None keeps the stored dtype)."""
+        source = self._sources[key]
+        parts = [self._read_tensor(name, source.index) for name in source.names]
+        array = source.convert(parts[0] if len(parts) == 1 else np.stack(parts))
+        return np.ascontiguousarray(array, dtype=dtype)
+
+    def check_tied_copy(self) -> None:
+        """A tied checkpoint's extra lm_head.weight must equal the embedding; anything else is refused."""
+        if self._tied_copy and not np.array_equal(self._read_tensor("lm_head.weight", None),
+                                                  self._read_tensor("model.embed_tokens.weight", None)):
+            raise CheckpointError("tensor 'lm_head.weight' differs from 'model.embed_tokens.weight', but config.json "
+                                  "says tie_word_embeddings=true")
+
+    def iter_layers(self, dtype: DType | None = None) -> Iterator[tuple[int | None, dict[str, np.ndarray]]]:
+        """(layer index or None for globals, {canonical key: array}) one group at a time: globals first."""
+        groups: dict[int | None, list[str]] = {}
+        for key in self._sources:
+            groups.setdefault(layout.layer_of(key), []).append(key)
+        for layer, keys in groups.items():
+            yield layer, {key: self.read(key, dtype) for key in keys}
+
+    def reader(self) -> layout.ReadFn:
+        """A `layout.ReadFn` that fills one host buffer per model leaf, then moves it to the device."""
+
+        def read(keys: Sequence[str], target: jax.ShapeDtypeStruct, stacked: bool) -> jax.Array:
+            if not stacked:
+                return jax.device_put(self.read(keys[0], target.dtype))
+            buffer = np.empty(target.shape, target.dtype)
+            for j, key in enumerate(keys):
+                buffer[j] = self.read(key, target.dtype)
+            return jax.device_put(buffer)
+
+        return read
+
+
+def load_hf_checkpoint(hf_dir: str | os.PathLike, *, dtype: DType, param_dtype: DType | None = None
+                       ) -> Qwen3ForCausalLM:
+    """Loads a Hugging Face Qwen3 / Qwen3-MoE checkpoint directory into a `Qwen3ForCausalLM`.
+
+    Tensors are read one at a time (memory-mapped) and placed leaf by leaf: peak host memory is the model plus
+    one stacked parameter. `dtype` is the compute dtype; `param_dtype` the storage dtype (default: `dtype`).
+    Raises CheckpointError naming the file or tensor on any malformed input.
+    """
+    checkpoint = HFCheckpoint(hf_dir)
+    checkpoint.check_tied_copy()
+    return layout.assemble(checkpoint.config, checkpoint.reader(), dtype=dtype,
+                           param_dtype=dtype if param_dtype is None else param_dtype)

@@ -1,0 +1,166 @@
+"""The project's checkpoint format: orbax arrays in the canonical per-layer layout, plus an HF config.json.
+
+    <dir>/config.json          Hugging Face config (read back with Qwen3Config.from_hf_config)
+    <dir>/params/              orbax PyTree: {"embed_tokens": {"embedding"}, "norm": {"scale"}, "lm_head",
+                               "layers": {"0": {"self_attn": {"q_proj", ...}, "mlp": {...}, ...}, ...}}
+    <dir>/tokenizer.json ...   tokenizer / generation files copied from the source, when present
+
+Writing streams one decoder layer at a time through orbax partial saves, into a temporary directory that is
+renamed into place only when complete: a killed conversion never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+try:  # orbax >= 0.12 exposes v1 under experimental; later releases as orbax.checkpoint.v1
+    from orbax.checkpoint import v1 as ocp
+except ImportError:  # pragma: no cover - depends on the installed orbax
+    from orbax.checkpoint.experimental import v1 as ocp
+
+from kinetics_jax.checkpoint import layout
+from kinetics_jax.checkpoint.hf import CheckpointError, HFCheckpoint
+from kinetics_jax.config import Qwen3Config
+from kinetics_jax.model import Qwen3ForCausalLM
+from kinetics_jax.model.layers import DType
+
+PARAMS_DIR = "params"
+CONFIG_FILE = "config.json"
+# Files next to an HF checkpoint that belong to the tokenizer or generation defaults, copied as they are.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "vocab.json", "merges.txt")
+
+
+def _nest(flat: Mapping[str, object]) -> dict:
+    """{"layers.0.self_attn.q_proj": x} -> {"layers": {"0": {"self_attn": {"q_proj": x}}}}."""
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> Iterator[tuple[str, object]]:
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, key + ".")
+        else:
+            yield key, value
+
+
+def _write(out_dir: str | os.PathLike, config: Qwen3Config, groups: Iterable[Mapping[str, np.ndarray | jax.Array]],
+           *, copy_from: str | None, overwrite: bool) -> None:
+    """Writes a checkpoint from groups of canonical arrays (one orbax partial save per group), atomically."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"output directory {out_dir} already exists (pass overwrite=True / --overwrite)")
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
+        params = os.path.join(tmp, PARAMS_DIR)
+        for group in groups:
+            ocp.partial.save(params, _nest({k: jnp.asarray(v) for k, v in group.items()}))
+        ocp.partial.finalize(params)
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(config.to_hf_dict(), f, indent=2)
+        for file in TOKENIZER_FILES if copy_from else ():
+            if os.path.exists(os.path.join(copy_from, file)):
+                shutil.copy2(os.path.join(copy_from, file), os.path.join(tmp, file))
+        old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+        if os.path.exists(out_dir):
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Saves an in-memory model (parameters in their stored dtype) in the project's checkpoint format."""
+    groups: dict[int | None, dict[str, jax.Array]] = {}
+    for key, value in layout.iter_canonical(model):
+        groups.setdefault(layout.layer_of(key), {})[key] = value
+    _write(out_dir, model.config, groups.values(), copy_from=None, overwrite=overwrite)
+
+
+def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: DType | None = None,
+                          overwrite: bool = False, progress: bool = False) -> None:
+    """Converts a Hugging Face Qwen3 checkpoint to the project's orbax format, streaming one layer at a time.
+
+    `dtype` casts every parameter (None keeps the stored dtype). The whole source is validated before anything is
+    written; the output appears at `out_dir` only when complete. `progress` shows a bar over source tensors.
+    """
+    checkpoint = HFCheckpoint(hf_dir)
+    checkpoint.check_tied_copy()
+    total = sum(checkpoint.num_tensors(k) for k in checkpoint.keys)
+    bar = tqdm(total=total, unit="tensor", desc="converting", disable=not progress)
+
+    def groups() -> Iterator[dict[str, np.ndarray]]:
+        for _, group in checkpoint.iter_layers(dtype):
+            bar.update(sum(checkpoint.num_tensors(k) for k in group))
+            yield group
+
+    try:
+        _write(out_dir, checkpoint.config, groups(), copy_from=checkpoint.hf_dir, overwrite=overwrite)
+    finally:
+        bar.close()
+
+
+def _checked_metadata(params_dir: str, config: Qwen3Config) -> dict[str, tuple[int, ...]]:
+    """Stored shapes by canonical key, checked against the config (missing / unexpected / wrong shape)."""
+    try:
+        metadata = ocp.pytree_metadata(params_dir).metadata
+    except Exception as e:  # orbax raises several types for a missing or damaged checkpoint
+        raise CheckpointError(f"cannot read orbax checkpoint {params_dir}: {e}") from None
+    stored = {key: tuple(meta.shape) for key, meta in _flatten(metadata)}
+    expected = layout.canonical_shapes(config)
+    missing, unexpected = set(expected) - set(stored), set(stored) - set(expected)
+    if missing:
+        raise CheckpointError(f"checkpoint {params_dir} is missing {len(missing)} array(s): {sorted(missing)[:5]}")
+    if unexpected:
+        raise CheckpointError(f"checkpoint {params_dir} has unexpected array(s): {sorted(unexpected)[:5]}")
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            raise CheckpointError(f"array {key!r} in {params_dir} has shape {stored[key]}, but config.json implies "
+                                  f"{shape}")
+    return stored
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: DType | None = None
+                    ) -> Qwen3ForCausalLM:
+    """Restores a checkpoint written by `convert_hf_checkpoint` / `save_checkpoint`.
+
+    Each model leaf is restored from its per-layer arrays (cast to `param_dtype`, default `dtype`) and stacked,
+    so peak memory is the model plus one leaf.
+    """
+    ckpt_dir = os.fspath(ckpt_dir)
+    config = Qwen3Config.from_hf_config(os.path.join(ckpt_dir, CONFIG_FILE))
+    params_dir = os.path.join(ckpt_dir, PARAMS_DIR)
+    _checked_metadata(params_dir, config)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    partial = ocp.Context()
+    partial.pytree.loading.partial_load = True  # restore only the keys asked for
+
+    def read(keys: Sequence[str], target: jax.ShapeDtypeStruct, stacked: bool) -> jax.Array:
+        shape = target.shape[1:] if stacked else target.shape
+        abstract = {k: jax.ShapeDtypeStruct(shape, target.dtype, sharding=device) for k in keys}
+        with partial:
+            arrays = dict(_flatten(ocp.load_pytree(params_dir, _nest(abstract))))
+        return jnp.stack([arrays[k] for k in keys]) if stacked else arrays[keys[0]]
+
+    return layout.assemble(config, read, dtype=dtype, param_dtype=dtype if param_dtype is None else param_dtype)

@@ -1,0 +1,71 @@
+"""Qwen3 self-attention: q/k/v projections, per-head q/k RMSNorm (before RoPE), RoPE, GQA, output projection.
+
+The block is split so that decoding can reuse it: `project_qkv` gives rotated q, k and v for some positions;
+`project_out` maps attention outputs back to the residual stream. `__call__` is full causal self-attention
+over a (possibly padded) batch, used by the cache-free forward and by prefill.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kinetics_jax.config import Qwen3Config
+from kinetics_jax.model.layers import (DType, EMBED, HEAD_DIM, HEADS, KV_HEADS, RMSNorm, apply_rope, param,
+                                       rope_cos_sin)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: Qwen3Config, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs):
+        h, d = config.hidden_size, config.head_dim
+        self.q_proj = param(rngs, (h, config.num_attention_heads, d), (EMBED, HEADS, HEAD_DIM), param_dtype)
+        self.k_proj = param(rngs, (h, config.num_key_value_heads, d), (EMBED, KV_HEADS, HEAD_DIM), param_dtype)
+        self.v_proj = param(rngs, (h, config.num_key_value_heads, d), (EMBED, KV_HEADS, HEAD_DIM), param_dtype)
+        self.o_proj = param(rngs, (config.num_attention_heads, d, h), (HEADS, HEAD_DIM, EMBED), param_dtype)
+        norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_norm = RMSNorm(d, HEAD_DIM, **norm)
+        self.k_norm = RMSNorm(d, HEAD_DIM, **norm)
+        self.rope_theta = config.rope_theta
+        self.head_dim = d
+        self.dtype = dtype
+
+    def project_qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x: [B, T, hidden], positions: int[B, T] -> q [B, T, Hq, D], k and v [B, T, Hkv, D] (q, k rotated)."""
+        dt = self.dtype
+        q = jnp.einsum("bte,ehd->bthd", x, self.q_proj[...].astype(dt))
+        k = jnp.einsum("bte,ehd->bthd", x, self.k_proj[...].astype(dt))
+        v = jnp.einsum("bte,ehd->bthd", x, self.v_proj[...].astype(dt))
+        q, k = self.q_norm(q), self.k_norm(k)  # Qwen3: per-head RMSNorm over head_dim, *before* RoPE
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, dt)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def project_out(self, attn: jax.Array) -> jax.Array:
+        """attn: [B, T, Hq, D] -> [B, T, hidden]."""
+        return jnp.einsum("bthd,hde->bte", attn, self.o_proj[...].astype(self.dtype))
+
+    def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
+        """Causal self-attention over the sequence axis. valid: bool[B, T], False at padding (never attended)."""
+        q, k, v = self.project_qkv(x, positions)
+        return self.project_out(causal_attention(q, k, v, valid))
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array) -> jax.Array:
+    """Softmax attention of every query t over keys s <= t with valid[s].
+
+    q: [B, T, Hq, D]; k, v: [B, T, Hkv, D]; valid: bool[B, T]. Query head h reads KV head h // (Hq / Hkv), as
+    transformers' repeat_kv. Scores and softmax are float32; probabilities are cast to the compute dtype before
+    the value product. A query with no visible key (a left-padding row) gets a uniform average: finite, and
+    meaningless, like every output at a padding position.
+    Returns [B, T, Hq, D] in q's dtype.
+    """
+    b, t, hq, d = q.shape
+    hkv = k.shape[2]
+    qg = q.reshape(b, t, hkv, hq // hkv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    visible = causal[None, :, :] & valid[:, None, :]  # [B, T(query), T(key)]
+    scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, hq, d)

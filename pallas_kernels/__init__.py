@@ -1,0 +1,1 @@
+"""Pallas kernels (GPU Triton and TPU Mosaic) used by kinetics_jax. One folder per op; never imports kinetics_jax."""
