@@ -124,7 +124,7 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
 def _checked_metadata(params_dir: str, config: Qwen3Config) -> dict[str, tuple[int, ...]]:
     """Stored shapes by canonical key, checked against the config (missing / unexpected / wrong shape)."""
     try:
-        metadata = ocp.pytree_metadata(params_dir).metadata
+        metadata = ocp.metadata(params_dir).metadata
     except Exception as e:  # orbax raises several types for a missing or damaged checkpoint
         raise CheckpointError(f"cannot read orbax checkpoint {params_dir}: {e}") from None
     stored = {key: tuple(meta.shape) for key, meta in _flatten(metadata)}
@@ -160,7 +160,7 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: D
         shape = target.shape[1:] if stacked else target.shape
         abstract = {k: jax.ShapeDtypeStruct(shape, target.dtype, sharding=device) for k in keys}
         with partial:
-            arrays = dict(_flatten(ocp.load_pytree(params_dir, _nest(abstract))))
+            arrays = dict(_flatten(ocp.load(params_dir, _nest(abstract))))
         return jnp.stack([arrays[k] for k in keys]) if stacked else arrays[keys[0]]
 
     return layout.assemble(config, read, dtype=dtype, param_dtype=dtype if param_dtype is None else param_dtype)

@@ -1,0 +1,122 @@
+"""The orbax checkpoint format: convert -> load round trips, save_checkpoint, atomic output, bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import kinetics_jax as kj
+from kinetics_jax.checkpoint import CheckpointError
+
+
+def _params(model) -> dict:
+    return {path: np.asarray(var.get_value()) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _assert_same_model(a, b) -> None:
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for path in pa:
+        assert pa[path].dtype == pb[path].dtype, path
+        np.testing.assert_array_equal(pa[path], pb[path], err_msg=str(path))
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, a.config.vocab_size, (2, 33)), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(a(ids)), np.asarray(b(ids)))
+
+
+@pytest.mark.parametrize("name", ["dense_tied_g2", "moe_mixed_sharded"])
+def test_convert_then_load_is_identical(name, hf_checkpoints, tmp_path):
+    out = tmp_path / "orbax"
+    kj.convert_hf_checkpoint(hf_checkpoints[name], out)
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "params"]
+    direct = kj.load_hf_checkpoint(hf_checkpoints[name], dtype=jnp.float32)
+    restored = kj.load_checkpoint(out, dtype=jnp.float32)
+    assert restored.config == direct.config
+    _assert_same_model(direct, restored)
+
+
+def test_convert_with_dtype_cast(hf_checkpoints, tmp_path):
+    out = tmp_path / "bf16"
+    kj.convert_hf_checkpoint(hf_checkpoints["dense_untied_g1"], out, dtype=jnp.bfloat16)
+    restored = kj.load_checkpoint(out, dtype=jnp.bfloat16)
+    direct = kj.load_hf_checkpoint(hf_checkpoints["dense_untied_g1"], dtype=jnp.bfloat16)
+    _assert_same_model(direct, restored)
+
+
+def test_save_checkpoint_round_trip(tmp_path):
+    config = kj.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4,
+                            num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=1,
+                            mlp_only_layers=(1,))
+    model = kj.Qwen3ForCausalLM(config, rngs=nnx.Rngs(7))
+    kj.save_checkpoint(model, tmp_path / "ckpt")
+    _assert_same_model(model, kj.load_checkpoint(tmp_path / "ckpt", dtype=jnp.float32))
+
+
+def test_existing_output_is_refused_then_replaced_with_overwrite(hf_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="already exists"):
+        kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], out)
+    assert os.listdir(out) == ["keep.txt"]
+    kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], out, overwrite=True)
+    assert "keep.txt" not in os.listdir(out) and "params" in os.listdir(out)
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary directories left behind
+
+
+def test_failed_conversion_writes_nothing(hf_checkpoints, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in os.listdir(hf_checkpoints["dense_g4_sharded"]):
+        if f != "model.safetensors.index.json":
+            os.link(os.path.join(hf_checkpoints["dense_g4_sharded"], f), src / f)
+    index = json.load(open(os.path.join(hf_checkpoints["dense_g4_sharded"], "model.safetensors.index.json")))
+    index["weight_map"]["model.layers.3.mlp.up_proj.weight"] = "model-missing.safetensors"
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="model-missing.safetensors"):
+        kj.convert_hf_checkpoint(src, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_interrupted_write_leaves_no_output(hf_checkpoints, tmp_path, monkeypatch):
+    """A failure in the middle of writing (here: the 3rd layer group) removes the temporary directory."""
+    from kinetics_jax.checkpoint import orbax_io
+
+    real_save, calls = orbax_io.ocp.partial.save, []
+
+    def failing_save(path, tree):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real_save(path, tree)
+
+    monkeypatch.setattr(orbax_io.ocp.partial, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        kj.convert_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], tmp_path / "out")
+    assert os.listdir(tmp_path) == []
+
+
+def test_checkpoint_config_mismatch_is_reported(hf_checkpoints, tmp_path):
+    out = tmp_path / "ckpt"
+    kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], out)
+    config = json.load(open(out / "config.json"))
+    config["num_hidden_layers"] = 4
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"missing .*layers\.3"):
+        kj.load_checkpoint(out, dtype=jnp.float32)
+    config["num_hidden_layers"], config["intermediate_size"] = 3, 90
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"mlp.*shape"):
+        kj.load_checkpoint(out, dtype=jnp.float32)
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(kj.Qwen3Config.preset("qwen3-0.6b").to_hf_dict()))
+    with pytest.raises(CheckpointError, match="params"):
+        kj.load_checkpoint(tmp_path, dtype=jnp.float32)
