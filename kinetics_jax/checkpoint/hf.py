@@ -3,7 +3,7 @@
 `HFCheckpoint(hf_dir)` reads config.json and every safetensors header (never the tensor data) and checks the
 whole checkpoint up front: missing or unexpected tensors, wrong shapes (a config that disagrees with the
 weights), truncated or corrupt files, a missing index shard. Only then are tensors read, one at a time, through
-memory-mapped `safetensors` reads. Expert weights may be stored per expert (`mlp.experts.{e}.gate_proj.weight`,
+plain positioned reads (no memory map, so only the tensor being read is resident). Expert weights may be stored per expert (`mlp.experts.{e}.gate_proj.weight`,
 what `save_pretrained` writes) or fused (`mlp.experts.gate_up_proj` [E, 2*moe_mlp, hidden] and
 `mlp.experts.down_proj` [E, hidden, moe_mlp], transformers 5 in-memory layout).
 """
@@ -19,7 +19,6 @@ from typing import Callable, Iterator, Sequence
 import jax
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
 
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model import Qwen3ForCausalLM
@@ -39,6 +38,7 @@ class _TensorInfo:
     file: str
     dtype: str
     shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in the file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ def _read_header(path: str) -> dict[str, _TensorInfo]:
         if dtype in _DTYPE_BYTES and end - begin != int(np.prod(shape)) * _DTYPE_BYTES[dtype]:
             raise CheckpointError(f"{name}: corrupt header: tensor {tensor!r} of shape {shape} and dtype {dtype} "
                                   f"spans {end - begin} bytes")
-        infos[tensor] = _TensorInfo(path, dtype, shape)
+        infos[tensor] = _TensorInfo(path, dtype, shape, 8 + header_len + begin)
     return infos
 
 
@@ -175,7 +175,6 @@ class HFCheckpoint:
         self._tensors = _read_index(self.hf_dir)
         self._sources = _sources(self.config, self._tensors)
         self._check()
-        self._files: dict[str, object] = {}
 
     def _check(self) -> None:
         expected = {name for s in self._sources.values() for name in s.names}
@@ -213,13 +212,12 @@ class HFCheckpoint:
 
     def _read_tensor(self, name: str, index: tuple[slice, ...] | None) -> np.ndarray:
         info = self._tensors[name]
-        handle = self._files.get(info.file)
-        if handle is None:
-            handle = self._files[info.file] = safe_open(info.file, framework="numpy")
-        try:
-            return handle.get_slice(name)[index] if index is not None else handle.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types for I/O and format problems
-            raise CheckpointError(f"{os.path.basename(info.file)}: cannot read tensor {name!r}: {e}") from None
+        array = np.empty(info.shape, _FLOAT_DTYPES[info.dtype])
+        with open(info.file, "rb") as f:
+            f.seek(info.offset)
+            if f.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:
+                raise CheckpointError(f"{os.path.basename(info.file)}: file is truncated inside tensor {name!r}")
+        return array[index] if index is not None else array
 
     def read(self, key: str, dtype: DType | None = None) -> np.ndarray:
         """The canonical array `key` as numpy, cast to `dtype` (None keeps the stored dtype)."""
@@ -235,13 +233,13 @@ class HFCheckpoint:
             raise CheckpointError("tensor 'lm_head.weight' differs from 'model.embed_tokens.weight', but config.json "
                                   "says tie_word_embeddings=true")
 
-    def iter_layers(self, dtype: DType | None = None) -> Iterator[tuple[int | None, dict[str, np.ndarray]]]:
-        """(layer index or None for globals, {canonical key: array}) one group at a time: globals first."""
-        groups: dict[int | None, list[str]] = {}
+    def iter_groups(self, dtype: DType | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """{canonical key: array} for one `layout.write_group` at a time (a decoder layer or a global array)."""
+        groups: dict[str, list[str]] = {}
         for key in self._sources:
-            groups.setdefault(layout.layer_of(key), []).append(key)
-        for layer, keys in groups.items():
-            yield layer, {key: self.read(key, dtype) for key in keys}
+            groups.setdefault(layout.write_group(key), []).append(key)
+        for keys in groups.values():
+            yield {key: self.read(key, dtype) for key in keys}
 
     def reader(self) -> layout.ReadFn:
         """A `layout.ReadFn` that fills one host buffer per model leaf, then moves it to the device."""

@@ -56,10 +56,10 @@ def canonical_shapes(config: Qwen3Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def layer_of(key: str) -> int | None:
-    """The decoder layer index of a canonical key, or None for a global parameter."""
+def write_group(key: str) -> str:
+    """The unit a checkpoint is written in: one decoder layer ("layers.{i}"), or one global array (its key)."""
     parts = key.split(".")
-    return int(parts[1]) if parts[0] == "layers" else None
+    return ".".join(parts[:2]) if parts[0] == "layers" else key
 
 
 def assemble(config: Qwen3Config, read: ReadFn, *, dtype: DType, param_dtype: DType) -> Qwen3ForCausalLM:

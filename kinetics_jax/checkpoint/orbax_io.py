@@ -60,7 +60,7 @@ def _flatten(tree: Mapping, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield key, value
 
 
-def _write(out_dir: str | os.PathLike, config: Qwen3Config, groups: Iterable[Mapping[str, np.ndarray | jax.Array]],
+def _write(out_dir: str | os.PathLike, config: Qwen3Config, groups: Iterable[dict[str, np.ndarray | jax.Array]],
            *, copy_from: str | None, overwrite: bool) -> None:
     """Writes a checkpoint from groups of canonical arrays (one orbax partial save per group), atomically."""
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -74,7 +74,8 @@ def _write(out_dir: str | os.PathLike, config: Qwen3Config, groups: Iterable[Map
         os.makedirs(tmp)
         params = os.path.join(tmp, PARAMS_DIR)
         for group in groups:
-            ocp.partial.save(params, _nest({k: jnp.asarray(v) for k, v in group.items()}))
+            # Pop each host array as it is copied, so a group is never held twice.
+            ocp.partial.save(params, _nest({k: jnp.asarray(group.pop(k)) for k in list(group)}))
         ocp.partial.finalize(params)
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(config.to_hf_dict(), f, indent=2)
@@ -92,9 +93,9 @@ def _write(out_dir: str | os.PathLike, config: Qwen3Config, groups: Iterable[Map
 
 def save_checkpoint(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, *, overwrite: bool = False) -> None:
     """Saves an in-memory model (parameters in their stored dtype) in the project's checkpoint format."""
-    groups: dict[int | None, dict[str, jax.Array]] = {}
+    groups: dict[str, dict[str, jax.Array]] = {}
     for key, value in layout.iter_canonical(model):
-        groups.setdefault(layout.layer_of(key), {})[key] = value
+        groups.setdefault(layout.write_group(key), {})[key] = value
     _write(out_dir, model.config, groups.values(), copy_from=None, overwrite=overwrite)
 
 
@@ -111,7 +112,7 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
     bar = tqdm(total=total, unit="tensor", desc="converting", disable=not progress)
 
     def groups() -> Iterator[dict[str, np.ndarray]]:
-        for _, group in checkpoint.iter_layers(dtype):
+        for group in checkpoint.iter_groups(dtype):
             bar.update(sum(checkpoint.num_tensors(k) for k in group))
             yield group
 
