@@ -9,6 +9,7 @@ compares its logits with the source checkpoint on a random batch.
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 
@@ -37,8 +38,14 @@ def _verify(hf_dir: str, out_dir: str) -> float:
     return float(jnp.max(jnp.abs(source(ids) - converted(ids))))
 
 
+def _quiet_orbax(record: pylogging.LogRecord) -> bool:
+    """absl log filter: drop orbax's per-operation INFO lines (hundreds per conversion); keep its warnings."""
+    return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def main(argv: list[str]) -> int:
     del argv
+    logging.get_absl_handler().addFilter(_quiet_orbax)
     logging.info("process %d of %d", jax.process_index(), jax.process_count())
     if os.path.exists(_OUTPUT_DIR.value) and not _OVERWRITE.value:
         logging.error("--output_dir %s already exists; pass --overwrite to replace it", _OUTPUT_DIR.value)

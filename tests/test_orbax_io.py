@@ -40,6 +40,12 @@ def test_convert_then_load_is_identical(name, hf_checkpoints, tmp_path):
     _assert_same_model(direct, restored)
 
 
+def test_relative_paths(hf_checkpoints, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], "runs/ckpt")
+    kj.load_checkpoint("runs/ckpt", dtype=jnp.float32)
+
+
 def test_convert_with_dtype_cast(hf_checkpoints, tmp_path):
     out = tmp_path / "bf16"
     kj.convert_hf_checkpoint(hf_checkpoints["dense_untied_g1"], out, dtype=jnp.bfloat16)

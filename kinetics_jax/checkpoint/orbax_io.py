@@ -149,7 +149,7 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: D
     Each model leaf is restored from its per-layer arrays (cast to `param_dtype`, default `dtype`) and stacked,
     so peak memory is the model plus one leaf.
     """
-    ckpt_dir = os.fspath(ckpt_dir)
+    ckpt_dir = os.path.abspath(os.fspath(ckpt_dir))  # orbax metadata lookups need an absolute path
     config = Qwen3Config.from_hf_config(os.path.join(ckpt_dir, CONFIG_FILE))
     params_dir = os.path.join(ckpt_dir, PARAMS_DIR)
     _checked_metadata(params_dir, config)
