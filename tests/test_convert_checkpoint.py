@@ -44,6 +44,52 @@ def test_bad_checkpoint_exits_nonzero_naming_the_file(hf_checkpoints, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
+def test_killed_conversion_resumes_to_an_identical_checkpoint(tmp_path):
+    """SIGKILL the script mid-run, rerun it with the same flags: it resumes and the result equals a clean run."""
+    import signal
+    import time
+
+    spec = dict(vocab_size=4_000, hidden_size=256, intermediate_size=1024, num_hidden_layers=24,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=False)
+    src = save_hf(build_hf_model(spec), os.fspath(tmp_path / "src"), shard="20MB")
+    out, journal = tmp_path / "out", tmp_path / ".out.partial" / "progress.json"
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, SCRIPT, f"--hf_dir={src}", f"--output_dir={out}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if len(json.load(open(journal))["done"]) >= 3:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the conversion finished before it could be killed"
+    assert not out.exists()
+    done_before = len(json.load(open(journal))["done"])
+    resumed = _run(f"--hf_dir={src}", f"--output_dir={out}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done_before} of 27 groups already written" in resumed.stderr
+    assert not (tmp_path / ".out.partial").exists()
+    clean = _run(f"--hf_dir={src}", f"--output_dir={tmp_path / 'clean'}")
+    assert clean.returncode == 0
+    check = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, numpy as np, jax.numpy as jnp, kinetics_jax as kj\n"
+         "from kinetics_jax.checkpoint import layout\n"
+         "a = dict(layout.iter_canonical(kj.load_checkpoint(sys.argv[1], dtype=jnp.float32)))\n"
+         "b = dict(layout.iter_canonical(kj.load_checkpoint(sys.argv[2], dtype=jnp.float32)))\n"
+         "assert a.keys() == b.keys()\n"
+         "assert all(np.array_equal(a[k], b[k]) for k in a), 'differs'\n"
+         "print('identical', len(a))",
+         os.fspath(out), os.fspath(tmp_path / "clean")], capture_output=True, text=True, env=env, timeout=300)
+    assert check.returncode == 0 and "identical" in check.stdout, check.stderr
+
+
 def test_missing_flags_and_bad_dtype_are_usage_errors(tmp_path):
     assert _run(f"--output_dir={tmp_path}").returncode != 0
     bad = _run("--hf_dir=x", f"--output_dir={tmp_path / 'o'}", "--dtype=int8")

@@ -90,8 +90,8 @@ def test_failed_conversion_writes_nothing(hf_checkpoints, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
-def test_interrupted_write_leaves_no_output(hf_checkpoints, tmp_path, monkeypatch):
-    """A failure in the middle of writing (here: the 3rd layer group) removes the temporary directory."""
+def test_failed_write_leaves_no_output_and_resumes(hf_checkpoints, tmp_path, monkeypatch):
+    """An I/O failure in the 3rd write group leaves nothing at out_dir; a rerun resumes and completes."""
     from kinetics_jax.checkpoint import orbax_io
 
     real_save, calls = orbax_io.ocp.partial.save, []
@@ -105,7 +105,57 @@ def test_interrupted_write_leaves_no_output(hf_checkpoints, tmp_path, monkeypatc
     monkeypatch.setattr(orbax_io.ocp.partial, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         kj.convert_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], tmp_path / "out")
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [".out.partial"]
+    journal = json.load(open(tmp_path / ".out.partial" / orbax_io.JOURNAL))
+    assert len(journal["done"]) == 2
+    monkeypatch.setattr(orbax_io.ocp.partial, "save", real_save)
+    calls.clear()
+    kj.convert_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], tmp_path / "out")
+    assert os.listdir(tmp_path) == ["out"]
+    _assert_same_model(kj.load_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], dtype=jnp.float32),
+                       kj.load_checkpoint(tmp_path / "out", dtype=jnp.float32))
+
+
+def test_resume_when_journal_lags_a_committed_group(hf_checkpoints, tmp_path, monkeypatch):
+    """Killed after orbax committed a group but before the journal recorded it: the rerun still completes."""
+    from kinetics_jax.checkpoint import orbax_io
+
+    real_write_json, writes = orbax_io._write_json, []
+
+    def dying_journal(path, value):
+        writes.append(value)
+        if len(writes) == 4:  # the initial journal, two finished groups, then the 3rd group's update fails
+            raise KeyboardInterrupt
+        real_write_json(path, value)
+
+    monkeypatch.setattr(orbax_io, "_write_json", dying_journal)
+    with pytest.raises(KeyboardInterrupt):
+        kj.convert_hf_checkpoint(hf_checkpoints["moe_mixed_sharded"], tmp_path / "out")
+    monkeypatch.setattr(orbax_io, "_write_json", real_write_json)
+    kj.convert_hf_checkpoint(hf_checkpoints["moe_mixed_sharded"], tmp_path / "out")
+    _assert_same_model(kj.load_hf_checkpoint(hf_checkpoints["moe_mixed_sharded"], dtype=jnp.float32),
+                       kj.load_checkpoint(tmp_path / "out", dtype=jnp.float32))
+
+
+def test_changed_source_restarts_instead_of_resuming(hf_checkpoints, tmp_path, monkeypatch):
+    from kinetics_jax.checkpoint import orbax_io
+
+    real_save, calls = orbax_io.ocp.partial.save, []
+
+    def failing_save(path, tree):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_save(path, tree)
+
+    monkeypatch.setattr(orbax_io.ocp.partial, "save", failing_save)
+    with pytest.raises(OSError):
+        kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], tmp_path / "out")
+    monkeypatch.setattr(orbax_io.ocp.partial, "save", real_save)
+    # Same output, different dtype: the partial float32 groups must not be mixed into a bfloat16 checkpoint.
+    kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], tmp_path / "out", dtype=jnp.bfloat16)
+    restored = kj.load_checkpoint(tmp_path / "out", dtype=jnp.bfloat16)
+    _assert_same_model(kj.load_hf_checkpoint(hf_checkpoints["dense_tied_g2"], dtype=jnp.bfloat16), restored)
 
 
 def test_checkpoint_config_mismatch_is_reported(hf_checkpoints, tmp_path):

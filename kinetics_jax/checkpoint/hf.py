@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import struct
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import jax
 import ml_dtypes
@@ -233,13 +233,17 @@ class HFCheckpoint:
             raise CheckpointError("tensor 'lm_head.weight' differs from 'model.embed_tokens.weight', but config.json "
                                   "says tie_word_embeddings=true")
 
-    def iter_groups(self, dtype: DType | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """{canonical key: array} for one `layout.write_group` at a time (a decoder layer or a global array)."""
+    def write_groups(self) -> dict[str, list[str]]:
+        """Canonical keys by `layout.write_group` (one decoder layer, or one global array), in model order."""
         groups: dict[str, list[str]] = {}
         for key in self._sources:
             groups.setdefault(layout.write_group(key), []).append(key)
-        for keys in groups.values():
-            yield {key: self.read(key, dtype) for key in keys}
+        return groups
+
+    def fingerprint(self) -> dict[str, list[int]]:
+        """Size and mtime (ns) of config.json and every safetensors file: identifies this exact source."""
+        files = sorted({info.file for info in self._tensors.values()} | {os.path.join(self.hf_dir, "config.json")})
+        return {os.path.basename(f): [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files}
 
     def reader(self) -> layout.ReadFn:
         """A `layout.ReadFn` that fills one host buffer per model leaf, then moves it to the device."""

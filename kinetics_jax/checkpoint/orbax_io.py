@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 try:  # orbax >= 0.12 exposes v1 under experimental; later releases as orbax.checkpoint.v1
@@ -60,35 +61,77 @@ def _flatten(tree: Mapping, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield key, value
 
 
-def _write(out_dir: str | os.PathLike, config: Qwen3Config, groups: Iterable[dict[str, np.ndarray | jax.Array]],
-           *, copy_from: str | None, overwrite: bool) -> None:
-    """Writes a checkpoint from groups of canonical arrays (one orbax partial save per group), atomically."""
+# Write groups in order: group name -> a function that reads that group's {canonical key: array}.
+Groups = Mapping[str, Callable[[], dict[str, np.ndarray | jax.Array]]]
+JOURNAL = "progress.json"
+
+
+def _write_json(path: str, value: object) -> None:
+    """Writes JSON atomically (temporary file, then rename)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _write(out_dir: str | os.PathLike, config: Qwen3Config, groups: Groups, *, source: dict | None,
+           copy_from: str | None, overwrite: bool, on_group: Callable[[str], None] = lambda name: None) -> None:
+    """Writes a checkpoint group by group (one orbax partial save each) into `.<name>.partial` beside `out_dir`,
+    then renames it into place.
+
+    With a `source` description (JSON-able, e.g. input path, fingerprint and dtype) the write is resumable: a
+    journal in the temporary directory lists finished groups, and a rerun with an identical `source` skips them.
+    Without one, a failed write removes its temporary directory.
+    """
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"output directory {out_dir} already exists (pass overwrite=True / --overwrite)")
     parent, name = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = os.path.join(parent, f".{name}.partial")
+    journal = os.path.join(tmp, JOURNAL)
     try:
+        with open(journal) as f:
+            state = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        state = None
+    if source is None or state is None or state.get("source") != source:
+        shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        params = os.path.join(tmp, PARAMS_DIR)
-        for group in groups:
-            # Pop each host array as it is copied, so a group is never held twice.
-            ocp.partial.save(params, _nest({k: jnp.asarray(group.pop(k)) for k in list(group)}))
+        state = {"source": source, "done": []}
+        _write_json(journal, state)
+    elif state["done"]:
+        logging.info("resuming %s: %d of %d groups already written", tmp, len(state["done"]), len(groups))
+    params = os.path.join(tmp, PARAMS_DIR)
+    try:
+        for group_name, read in groups.items():
+            if group_name not in state["done"]:
+                arrays = read()
+                # Pop each host array as it is copied, so a group is never held twice.
+                tree = _nest({k: jnp.asarray(arrays.pop(k)) for k in list(arrays)})
+                try:
+                    ocp.partial.save(params, tree)
+                except Exception as e:  # orbax exports no public class for this error; match it by name
+                    if type(e).__name__ != "PartialSaveReplacementError":
+                        raise
+                    # The group was committed just before an interruption that came before the journal update.
+                state["done"].append(group_name)
+                _write_json(journal, state)
+            on_group(group_name)
         ocp.partial.finalize(params)
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(config.to_hf_dict(), f, indent=2)
         for file in TOKENIZER_FILES if copy_from else ():
             if os.path.exists(os.path.join(copy_from, file)):
                 shutil.copy2(os.path.join(copy_from, file), os.path.join(tmp, file))
-        old = os.path.join(parent, f".{name}.old-{os.getpid()}")
-        if os.path.exists(out_dir):
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.remove(journal)
+    except BaseException:
+        if source is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = os.path.join(parent, f".{name}.old")
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -96,7 +139,8 @@ def save_checkpoint(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, *, over
     groups: dict[str, dict[str, jax.Array]] = {}
     for key, value in layout.iter_canonical(model):
         groups.setdefault(layout.write_group(key), {})[key] = value
-    _write(out_dir, model.config, groups.values(), copy_from=None, overwrite=overwrite)
+    _write(out_dir, model.config, {name: (lambda g=group: dict(g)) for name, group in groups.items()},
+           source=None, copy_from=None, overwrite=overwrite)
 
 
 def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: DType | None = None,
@@ -104,22 +148,21 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """Converts a Hugging Face Qwen3 checkpoint to the project's orbax format, streaming one layer at a time.
 
     `dtype` casts every parameter (None keeps the stored dtype). The whole source is validated before anything is
-    written; the output appears at `out_dir` only when complete. `progress` shows a bar over source tensors.
+    written, and the output appears at `out_dir` only when complete. An interrupted conversion (killed, or
+    failed on I/O) resumes where it stopped when rerun with the same source and dtype: finished layers are kept
+    in `.<out_dir name>.partial` beside `out_dir`. `progress` shows a bar over source tensors.
     """
     checkpoint = HFCheckpoint(hf_dir)
     checkpoint.check_tied_copy()
-    total = sum(checkpoint.num_tensors(k) for k in checkpoint.keys)
-    bar = tqdm(total=total, unit="tensor", desc="converting", disable=not progress)
-
-    def groups() -> Iterator[dict[str, np.ndarray]]:
-        for group in checkpoint.iter_groups(dtype):
-            bar.update(sum(checkpoint.num_tensors(k) for k in group))
-            yield group
-
-    try:
-        _write(out_dir, checkpoint.config, groups(), copy_from=checkpoint.hf_dir, overwrite=overwrite)
-    finally:
-        bar.close()
+    write_groups = checkpoint.write_groups()
+    tensors = {name: sum(checkpoint.num_tensors(k) for k in keys) for name, keys in write_groups.items()}
+    source = {"hf_dir": os.path.abspath(checkpoint.hf_dir), "files": checkpoint.fingerprint(),
+              "dtype": None if dtype is None else np.dtype(dtype).name, "config": checkpoint.config.to_hf_dict()}
+    groups = {name: (lambda keys=keys: {k: checkpoint.read(k, dtype) for k in keys})
+              for name, keys in write_groups.items()}
+    with tqdm(total=sum(tensors.values()), unit="tensor", desc="converting", disable=not progress) as bar:
+        _write(out_dir, checkpoint.config, groups, source=source, copy_from=checkpoint.hf_dir, overwrite=overwrite,
+               on_group=lambda name: bar.update(tensors[name]))
 
 
 def _checked_metadata(params_dir: str, config: Qwen3Config) -> dict[str, tuple[int, ...]]:
