@@ -98,11 +98,14 @@ def test_missing_flags_and_bad_dtype_are_usage_errors(tmp_path):
 
 MEASURE = r"""
 import json, os, sys, threading, time
+import jax.numpy as jnp
 import kinetics_jax as kj
-src, out, tiny = sys.argv[1], sys.argv[2], sys.argv[3]
+action, src, out, tiny = sys.argv[1:5]
 page = os.sysconf("SC_PAGE_SIZE")
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
-kj.convert_hf_checkpoint(tiny, out + "-warm")  # warm up imports and orbax on a tiny checkpoint
+run = {"convert": lambda s, o: kj.convert_hf_checkpoint(s, o),
+       "load": lambda s, o: kj.load_hf_checkpoint(s, dtype=jnp.float32)}[action]
+keep = [run(tiny, out + "-warm")]  # warm up imports, compilation caches and orbax on a tiny checkpoint
 before, peak, done = rss(), [0], threading.Event()
 def sample():
     while not done.is_set():
@@ -110,36 +113,56 @@ def sample():
         time.sleep(0.002)
 thread = threading.Thread(target=sample)
 thread.start()
-kj.convert_hf_checkpoint(src, out)
+keep.append(run(src, out))
 done.set()
 thread.join()
-print(json.dumps({"before": before, "peak": peak[0]}))
+print(json.dumps({"before": before, "peak": peak[0], "after": rss()}))
 """
 
 
-def _peak_growth(src: str, out: str, tiny: str) -> int:
+def _rss_growth(action: str, src: str, out: str, tiny: str) -> dict[str, int]:
+    """RSS before, peak during and after `action` ("convert" or "load") in a fresh process, in bytes."""
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", MEASURE, src, out, tiny], capture_output=True, text=True,
-                            env=env, timeout=600)
+    result = subprocess.run([sys.executable, "-c", MEASURE, action, src, out, tiny], capture_output=True,
+                            text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
-    rss = json.loads(result.stdout.strip().splitlines()[-1])
-    return rss["peak"] - rss["before"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_conversion_streams_with_bounded_memory(hf_checkpoints, tmp_path):
-    """Peak RSS during conversion does not grow with the model: doubling the layers barely moves it."""
-    sizes, growth = {}, {}
+@pytest.fixture(scope="module")
+def big_checkpoints(tmp_path_factory) -> dict[int, tuple[str, int]]:
+    """layers -> (HF checkpoint dir, bytes of safetensors) for 8- and 16-layer float32 models (~160 / ~285 MB)."""
+    root, out = tmp_path_factory.mktemp("big"), {}
     for layers in (8, 16):
         spec = dict(vocab_size=8_000, hidden_size=512, intermediate_size=2048, num_hidden_layers=layers,
                     num_attention_heads=8, num_key_value_heads=4, head_dim=64, tie_word_embeddings=False)
-        src = save_hf(build_hf_model(spec), os.fspath(tmp_path / f"src{layers}"), shard="60MB")
-        sizes[layers] = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src)
-                            if f.endswith(".safetensors"))
-        growth[layers] = _peak_growth(src, os.fspath(tmp_path / f"out{layers}"), hf_checkpoints["dense_tied_g2"])
-        print(f"{layers} layers, checkpoint {sizes[layers] / 1e6:.0f} MB: peak RSS growth during conversion "
-              f"{growth[layers] / 1e6:.0f} MB")
+        src = save_hf(build_hf_model(spec), os.fspath(root / f"src{layers}"), shard="60MB")
+        out[layers] = (src, sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src)
+                                if f.endswith(".safetensors")))
+    return out
+
+
+def test_conversion_streams_with_bounded_memory(big_checkpoints, hf_checkpoints, tmp_path):
+    """Peak RSS during conversion does not grow with the model: doubling the layers barely moves it."""
+    growth = {}
+    for layers, (src, size) in big_checkpoints.items():
+        rss = _rss_growth("convert", src, os.fspath(tmp_path / f"out{layers}"), hf_checkpoints["dense_tied_g2"])
+        growth[layers] = rss["peak"] - rss["before"]
+        print(f"convert {layers} layers, checkpoint {size / 1e6:.0f} MB: peak RSS growth {growth[layers] / 1e6:.0f} MB")
+    sizes = {layers: size for layers, (_, size) in big_checkpoints.items()}
     assert sizes[16] >= 200e6
     # Holding the model would add the extra 8 layers (~130 MB) to the peak. Streaming one layer (16 MB) at a time
     # keeps the peak flat: what remains is allocator retention and orbax's own buffers, independent of depth.
     assert growth[16] - growth[8] < 0.25 * (sizes[16] - sizes[8])
     assert growth[16] < 0.75 * sizes[16]
+
+
+def test_loading_holds_the_model_once(big_checkpoints, hf_checkpoints, tmp_path):
+    """load_hf_checkpoint peaks at the model plus about one stacked leaf: never two copies of the model."""
+    src, size = big_checkpoints[16]
+    rss = _rss_growth("load", src, os.fspath(tmp_path / "unused"), hf_checkpoints["dense_tied_g2"])
+    peak, resident = rss["peak"] - rss["before"], rss["after"] - rss["before"]
+    print(f"load 16 layers, checkpoint {size / 1e6:.0f} MB: peak RSS growth {peak / 1e6:.0f} MB, "
+          f"model resident {resident / 1e6:.0f} MB")
+    # The largest stacked leaf (16 x gate_proj, 67 MB) is the only transient; a second copy would be +285 MB.
+    assert peak < size + 0.35 * size
