@@ -89,7 +89,7 @@ class Qwen3Config:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1_000_000.0
     tie_word_embeddings: bool = False
-    max_position_embeddings: int = 40960
+    max_position_embeddings: int = 32768
     num_experts: int = 0
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
@@ -209,12 +209,12 @@ class Qwen3Config:
                 raise ValueError(f"config is missing required field {name!r} (model_type={model_type})")
             fields[name] = raw.pop(name)
 
-        optional = {"num_key_value_heads": None, "head_dim": 128, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
-                    "max_position_embeddings": 32768}
+        # Optional fields; absent (or null) ones take the dataclass defaults, which are transformers' defaults.
+        optional = ["num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings"]
         if moe:
-            optional.update(norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=None)
-        for name, default in optional.items():
-            value = raw.pop(name, default)
+            optional += ["norm_topk_prob", "decoder_sparse_step", "mlp_only_layers"]
+        for name in optional:
+            value = raw.pop(name, None)
             if value is not None:
                 fields[name] = value
         fields.setdefault("num_key_value_heads", fields["num_attention_heads"])

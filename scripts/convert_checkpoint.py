@@ -56,6 +56,9 @@ def main(argv: list[str]) -> int:
     except (kj.CheckpointError, ValueError, FileExistsError) as e:
         logging.error("conversion failed: %s", e)
         return 1
+    except OSError as e:
+        logging.error("conversion interrupted: %s; rerun the same command to resume", e)
+        return 1
     logging.info("wrote %s", _OUTPUT_DIR.value)
     if _VERIFY.value:
         diff = _verify(_HF_DIR.value, _OUTPUT_DIR.value)

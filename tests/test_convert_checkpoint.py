@@ -164,5 +164,7 @@ def test_loading_holds_the_model_once(big_checkpoints, hf_checkpoints, tmp_path)
     peak, resident = rss["peak"] - rss["before"], rss["after"] - rss["before"]
     print(f"load 16 layers, checkpoint {size / 1e6:.0f} MB: peak RSS growth {peak / 1e6:.0f} MB, "
           f"model resident {resident / 1e6:.0f} MB")
-    # The largest stacked leaf (16 x gate_proj, 67 MB) is the only transient; a second copy would be +285 MB.
-    assert peak < size + 0.35 * size
+    # The model is resident once (285 MB); the transients are one stacked leaf (<= 67 MB) and per-layer read
+    # buffers the allocator may retain. Measured peaks: +317 to +407 MB. A second copy of the model would be
+    # >= +570 MB.
+    assert peak < 1.7 * size

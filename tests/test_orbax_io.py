@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import kinetics_jax as kj
-from kinetics_jax.checkpoint import CheckpointError
+from kinetics_jax.checkpoint import CheckpointError, orbax_io
 
 
 def _params(model) -> dict:
@@ -90,26 +90,28 @@ def test_failed_conversion_writes_nothing(hf_checkpoints, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
-def test_failed_write_leaves_no_output_and_resumes(hf_checkpoints, tmp_path, monkeypatch):
-    """An I/O failure in the 3rd write group leaves nothing at out_dir; a rerun resumes and completes."""
-    from kinetics_jax.checkpoint import orbax_io
-
+def _fail_on_save(monkeypatch, n: int) -> None:
+    """Makes the n-th orbax partial save of the test raise OSError("disk full"); `monkeypatch.undo()` restores."""
     real_save, calls = orbax_io.ocp.partial.save, []
 
     def failing_save(path, tree):
         calls.append(path)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise OSError("disk full")
         return real_save(path, tree)
 
     monkeypatch.setattr(orbax_io.ocp.partial, "save", failing_save)
+
+
+def test_failed_write_leaves_no_output_and_resumes(hf_checkpoints, tmp_path, monkeypatch):
+    """An I/O failure in the 3rd write group leaves nothing at out_dir; a rerun resumes and completes."""
+    _fail_on_save(monkeypatch, 3)
     with pytest.raises(OSError, match="disk full"):
         kj.convert_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], tmp_path / "out")
     assert os.listdir(tmp_path) == [".out.partial"]
     journal = json.load(open(tmp_path / ".out.partial" / orbax_io.JOURNAL))
     assert len(journal["done"]) == 2
-    monkeypatch.setattr(orbax_io.ocp.partial, "save", real_save)
-    calls.clear()
+    monkeypatch.undo()
     kj.convert_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], tmp_path / "out")
     assert os.listdir(tmp_path) == ["out"]
     _assert_same_model(kj.load_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], dtype=jnp.float32),
@@ -118,8 +120,6 @@ def test_failed_write_leaves_no_output_and_resumes(hf_checkpoints, tmp_path, mon
 
 def test_resume_when_journal_lags_a_committed_group(hf_checkpoints, tmp_path, monkeypatch):
     """Killed after orbax committed a group but before the journal recorded it: the rerun still completes."""
-    from kinetics_jax.checkpoint import orbax_io
-
     real_write_json, writes = orbax_io._write_json, []
 
     def dying_journal(path, value):
@@ -138,20 +138,10 @@ def test_resume_when_journal_lags_a_committed_group(hf_checkpoints, tmp_path, mo
 
 
 def test_changed_source_restarts_instead_of_resuming(hf_checkpoints, tmp_path, monkeypatch):
-    from kinetics_jax.checkpoint import orbax_io
-
-    real_save, calls = orbax_io.ocp.partial.save, []
-
-    def failing_save(path, tree):
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return real_save(path, tree)
-
-    monkeypatch.setattr(orbax_io.ocp.partial, "save", failing_save)
+    _fail_on_save(monkeypatch, 2)
     with pytest.raises(OSError):
         kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], tmp_path / "out")
-    monkeypatch.setattr(orbax_io.ocp.partial, "save", real_save)
+    monkeypatch.undo()
     # Same output, different dtype: the partial float32 groups must not be mixed into a bfloat16 checkpoint.
     kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], tmp_path / "out", dtype=jnp.bfloat16)
     restored = kj.load_checkpoint(tmp_path / "out", dtype=jnp.bfloat16)

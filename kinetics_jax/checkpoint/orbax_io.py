@@ -128,6 +128,7 @@ def _write(out_dir: str | os.PathLike, config: Qwen3Config, groups: Groups, *, s
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = os.path.join(parent, f".{name}.old")
+    shutil.rmtree(old, ignore_errors=True)  # left by a crash between the two renames of an earlier overwrite
     if os.path.exists(out_dir):
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
