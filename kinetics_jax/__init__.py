@@ -9,8 +9,9 @@ from kinetics_jax.checkpoint import (CheckpointError, convert_hf_checkpoint, loa
                                      save_checkpoint)
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model import Qwen3ForCausalLM
+from kinetics_jax.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = ["CheckpointError", "Qwen3Config", "Qwen3ForCausalLM", "convert_hf_checkpoint", "load_checkpoint",
-           "load_hf_checkpoint", "save_checkpoint"]
+           "load_hf_checkpoint", "save_checkpoint", "Tokenizer"]
