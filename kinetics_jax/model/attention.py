@@ -1,8 +1,8 @@
 """Qwen3 self-attention: q/k/v projections, per-head q/k RMSNorm (before RoPE), RoPE, GQA, output projection.
 
 The block is split so that decoding can reuse it: `project_qkv` gives rotated q, k and v for some positions;
-`project_out` maps attention outputs back to the residual stream. `__call__` is full causal self-attention
-over a (possibly padded) batch, used by the cache-free forward and by prefill.
+`project_out` maps attention outputs back to the residual stream. What happens in between (causal attention over
+the sequence, or attention over a KV cache) is chosen by the caller; `causal_attention` is the cache-free form.
 """
 
 from __future__ import annotations
@@ -43,11 +43,6 @@ class Attention(nnx.Module):
     def project_out(self, attn: jax.Array) -> jax.Array:
         """attn: [B, T, Hq, D] -> [B, T, hidden]."""
         return jnp.einsum("bthd,hde->bte", attn, self.o_proj[...].astype(self.dtype))
-
-    def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
-        """Causal self-attention over the sequence axis. valid: bool[B, T], False at padding (never attended)."""
-        q, k, v = self.project_qkv(x, positions)
-        return self.project_out(causal_attention(q, k, v, valid))
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array) -> jax.Array:

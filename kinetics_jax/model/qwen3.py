@@ -17,14 +17,23 @@ one; pass `positions` to override. Logits at padding positions are meaningless.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from kinetics_jax.config import LayerSegment, Qwen3Config
-from kinetics_jax.model.attention import Attention
+from kinetics_jax.model.attention import Attention, causal_attention
 from kinetics_jax.model.layers import DType, DenseMLP, EMBED, Embedding, LAYERS, RMSNorm, VOCAB, param
 from kinetics_jax.model.moe import MoE
+
+
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any, Any]]
+"""attend(q [B, T, Hq, D], k [B, T, Hkv, D], v, layer (int32 scalar, global index), carry) -> (attention output
+[B, T, Hq, D], new carry, per-layer output y). The one hook through which every attention implementation (causal
+prefill, cached decode, sparse policies) runs inside the scanned layers: the carry threads state such as the KV
+cache through the layers, and the ys come back stacked per layer."""
 
 
 class DecoderLayer(nnx.Module):
@@ -35,10 +44,13 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, EMBED, eps=config.rms_norm_eps, **kw)
         self.mlp = MoE(config, **kw) if moe else DenseMLP(config.hidden_size, config.intermediate_size, **kw)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
-        """x: [B, T, hidden] -> [B, T, hidden]."""
-        x = x + self.self_attn(self.input_layernorm(x), positions, valid)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x: jax.Array, positions: jax.Array, attend: AttendFn, layer: jax.Array, carry: Any
+                 ) -> tuple[jax.Array, Any, Any]:
+        """x: [B, T, hidden], positions: int[B, T] -> (x [B, T, hidden], carry, y) (see AttendFn)."""
+        q, k, v = self.self_attn.project_qkv(self.input_layernorm(x), positions)
+        out, carry, y = attend(q, k, v, layer, carry)
+        x = x + self.self_attn.project_out(out)
+        return x + self.mlp(self.post_attention_layernorm(x)), carry, y
 
 
 class LayerStack(nnx.Module):
@@ -55,15 +67,21 @@ class LayerStack(nnx.Module):
             return DecoderLayer(config, moe=segment.moe, dtype=dtype, param_dtype=param_dtype, rngs=layer_rngs)
 
         self.layer = make(rngs)
+        self.start, self.count = segment.start, segment.count
 
-    def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, attend: AttendFn, carry: Any
+                 ) -> tuple[jax.Array, Any, Any]:
+        """Runs the stacked layers in order: (x, carry, ys stacked over this segment's layers)."""
         graphdef, stacked = nnx.split(self.layer)
 
-        def body(h: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, None]:
-            return nnx.merge(graphdef, layer_state)(h, positions, valid), None
+        def body(state: tuple[jax.Array, Any], xs: tuple[nnx.State, jax.Array]):
+            (h, c), (layer_state, layer) = state, xs
+            h, c, y = nnx.merge(graphdef, layer_state)(h, positions, attend, layer, c)
+            return (h, c), y
 
-        x, _ = jax.lax.scan(body, x, stacked)
-        return x
+        layers = self.start + jnp.arange(self.count, dtype=jnp.int32)
+        (x, carry), ys = jax.lax.scan(body, (x, carry), (stacked, layers))
+        return x, carry, ys
 
 
 class Qwen3ForCausalLM(nnx.Module):
@@ -83,12 +101,18 @@ class Qwen3ForCausalLM(nnx.Module):
         self.lm_head = (None if config.tie_word_embeddings else
                         param(rngs, (config.hidden_size, config.vocab_size), (EMBED, VOCAB), param_dtype))
 
-    def hidden_states(self, input_ids: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
-        """Final-norm hidden states [B, T, hidden] for input_ids int[B, T]."""
+    def hidden_states(self, input_ids: jax.Array, positions: jax.Array, attend: AttendFn, carry: Any = None
+                      ) -> tuple[jax.Array, Any, list[Any]]:
+        """Final-norm hidden states [B, T, hidden] for input_ids int[B, T], attention through `attend`.
+
+        Returns (hidden, final carry, [ys of each layer segment, stacked over its layers]).
+        """
         x = self.embed_tokens(input_ids)
+        ys = []
         for block in self.blocks:
-            x = block(x, positions, valid)
-        return self.norm(x)
+            x, carry, y = block(x, positions, attend, carry)
+            ys.append(y)
+        return self.norm(x), carry, ys
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [..., hidden] -> float32 logits [..., vocab] (all vocab_size rows, padding ids included)."""
@@ -104,4 +128,9 @@ class Qwen3ForCausalLM(nnx.Module):
         valid = (jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask.astype(bool))
         if positions is None:
             positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-        return self.logits(self.hidden_states(input_ids, positions, valid))
+
+        def attend(q, k, v, layer, carry):
+            return causal_attention(q, k, v, valid), carry, None
+
+        hidden, _, _ = self.hidden_states(input_ids, positions, attend)
+        return self.logits(hidden)
