@@ -5,13 +5,16 @@
     logits = model(input_ids)                      # float32[B, T, vocab]
 """
 
+from kinetics_jax.attention import AttentionConfig
 from kinetics_jax.checkpoint import (CheckpointError, convert_hf_checkpoint, load_checkpoint, load_hf_checkpoint,
                                      save_checkpoint)
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model import Qwen3ForCausalLM
+from kinetics_jax.sampling import GenerationResult, RepetitionStop, SamplingConfig, generate
 from kinetics_jax.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "Qwen3Config", "Qwen3ForCausalLM", "convert_hf_checkpoint", "load_checkpoint",
-           "load_hf_checkpoint", "save_checkpoint", "Tokenizer"]
+__all__ = ["AttentionConfig", "CheckpointError", "GenerationResult", "Qwen3Config", "Qwen3ForCausalLM",
+           "RepetitionStop", "SamplingConfig", "Tokenizer", "convert_hf_checkpoint", "generate", "load_checkpoint",
+           "load_hf_checkpoint", "save_checkpoint"]

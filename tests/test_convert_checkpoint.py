@@ -151,9 +151,10 @@ def test_conversion_streams_with_bounded_memory(big_checkpoints, hf_checkpoints,
         print(f"convert {layers} layers, checkpoint {size / 1e6:.0f} MB: peak RSS growth {growth[layers] / 1e6:.0f} MB")
     sizes = {layers: size for layers, (_, size) in big_checkpoints.items()}
     assert sizes[16] >= 200e6
-    # Holding the model would add the extra 8 layers (~130 MB) to the peak. Streaming one layer (16 MB) at a time
-    # keeps the peak flat: what remains is allocator retention and orbax's own buffers, independent of depth.
-    assert growth[16] - growth[8] < 0.25 * (sizes[16] - sizes[8])
+    # Holding the model would add the extra 8 layers (~126 MB) to the peak. Streaming one layer (16 MB) at a time
+    # keeps the peak flat: what remains is allocator retention and orbax's in-flight buffers, independent of
+    # depth but noisy under CPU load (measured differences: -4 to +36 MB).
+    assert growth[16] - growth[8] < 0.5 * (sizes[16] - sizes[8])
     assert growth[16] < 0.75 * sizes[16]
 
 

@@ -1,0 +1,276 @@
+"""Generation: dense prefill once per prompt, then one jit-compiled decode loop over all prompts x samples.
+
+    result = kj.generate(model, [prompt_ids, ...], num_samples=8, max_new_tokens=4096)
+
+Data path: prompts (right-padded to a length bucket) run through the model once with causal attention; their K/V
+are scattered into the paged cache (full prompt pages once, the partial last page once per sample); the last
+prompt logits give each sample's first token. A single `lax.while_loop` then feeds the N samples of every prompt
+as one batch: embed, per layer append K/V to the sample's page and attend through its page table, logits,
+sample, stop checks. No Python runs per token, and the loop exits as soon as every sample is done.
+
+Shape buckets (one compilation per bucket, see `_bucket`): prompt length -> next power of two (>= 16); the
+token buffer -> next power of two >= max_new_tokens (the loop bound itself is a runtime value); page-table width
+-> next power of two; cache pages -> multiple of 64; the prefill scatter -> next power of two. The batch
+(prompts x samples) is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kinetics_jax.attention import AttentionConfig, paged_dense_attention
+from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache
+from kinetics_jax.model import Qwen3ForCausalLM
+from kinetics_jax.model.attention import causal_attention
+from kinetics_jax.sampling.samplers import SamplingConfig, sample, sample_keys
+
+RUNNING, EOS, LENGTH, REPETITION = 0, 1, 2, 3
+FINISH_REASONS = ("running", "eos", "length", "repetition")
+
+
+@dataclasses.dataclass(frozen=True)
+class RepetitionStop:
+    """Stop a sample when its last `block` tokens occur `repeats` times among the `window // block` aligned
+    blocks ending at the current token (Kinetics: 64-token blocks, 15 repeats, 1024-token window)."""
+
+    block: int = 64
+    repeats: int = 15
+    window: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.block < 1 or self.window % self.block or not 1 <= self.repeats <= self.window // self.block:
+            raise ValueError(f"RepetitionStop needs block >= 1, window a multiple of block and "
+                             f"1 <= repeats <= window / block; got {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+    """tokens int32[P, N, T] (-1 after a sample's end), lengths int32[P, N] (generated tokens, the stop token
+    included), finish_reasons str[P, N] ("eos" | "length" | "repetition"), attended_tokens int64[steps, layers]:
+    KV tokens read by each layer at each decode step, summed over the samples still running."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    finish_reasons: np.ndarray
+    attended_tokens: np.ndarray
+    prompt_lengths: np.ndarray
+
+    def sequences(self, p: int, s: int) -> list[int]:
+        """The generated ids of sample s of prompt p."""
+        return self.tokens[p, s, :self.lengths[p, s]].tolist()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything that shapes the compiled program (hashable: it is a static jit argument)."""
+
+    graphdef: nnx.GraphDef
+    sampling: SamplingConfig
+    attention: AttentionConfig
+    num_samples: int
+    buffer: int
+    num_pages: int
+    page_size: int
+    eos_token_ids: tuple[int, ...]
+    vocab_size: int
+    repetition: RepetitionStop | None
+
+
+def _bucket(n: int, minimum: int = 1) -> int:
+    """Next power of two >= max(n, minimum)."""
+    return 1 << (max(n, minimum) - 1).bit_length()
+
+
+def _memory_budget() -> int:
+    """Bytes a KV cache may take: free accelerator memory, or half the host RAM on CPU."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def _repeated(tokens: jax.Array, generated: jax.Array, stop: RepetitionStop) -> jax.Array:
+    """bool[B]: the last `stop.block` generated tokens repeat `stop.repeats` times in the last window."""
+
+    def one(row: jax.Array, n: jax.Array) -> jax.Array:
+        window = jax.lax.dynamic_slice(row, (jnp.maximum(n - stop.window, 0),), (stop.window,))
+        blocks = window.reshape(stop.window // stop.block, stop.block)
+        same = jnp.all(blocks == blocks[-1], axis=-1)
+        return (n >= stop.window) & (jnp.sum(same) >= stop.repeats)
+
+    return jax.vmap(one)(tokens, generated)
+
+
+def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.Array, scatter: jax.Array,
+            num_pages: int, page_size: int) -> tuple[jax.Array, KVCache]:
+    """Dense causal pass over right-padded prompts int32[P, T]; their K/V written into a new paged cache through
+    the plan's scatter int32[4, n] (page, slot, prompt, token). Returns (logits [P, V] at each prompt's last
+    token, cache)."""
+    num_prompts, prompt_len = prompt_ids.shape
+    valid = jnp.arange(prompt_len)[None, :] < prompt_lengths[:, None]
+    positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), prompt_ids.shape)
+
+    def attend(q, k, v, layer, carry):
+        return causal_attention(q, k, v, valid), carry, (k, v)
+
+    hidden, _, ys = model.hidden_states(prompt_ids, positions, attend)
+    k_all = jnp.concatenate([y[0] for y in ys], axis=0)  # [L, P, T, Hkv, D]
+    v_all = jnp.concatenate([y[1] for y in ys], axis=0)
+    pages, slots, src_prompt, src_token = scatter
+    cache = KVCache.zeros(model.config, num_pages, page_size, k_all.dtype, minmax=False)
+    cache = cache.write(slice(None), pages, slots, k_all[:, src_prompt, src_token], v_all[:, src_prompt, src_token])
+    return model.logits(hidden[jnp.arange(num_prompts), prompt_lengths - 1]), cache
+
+
+def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, positions: jax.Array,
+                page_table: jax.Array, active: jax.Array) -> tuple[jax.Array, KVCache, jax.Array]:
+    """Feeds tokens int32[B] at positions int32[B]: appends their K/V to each sequence's page and attends over
+    its pages. Returns (logits [B, V], cache, KV tokens read per layer int32[L], counting `active` rows only)."""
+    batch, page_size = tokens.shape[0], cache.page_size
+    page = page_table[jnp.arange(batch), positions // page_size]
+    slot = positions % page_size
+
+    def attend(q, k, v, layer, cache):
+        cache = cache.write(layer, page, slot, k[:, 0], v[:, 0])
+        out = paged_dense_attention(q[:, 0], cache.k[layer], cache.v[layer], page_table, positions + 1)
+        return out[:, None], cache, jnp.sum(jnp.where(active, positions + 1, 0))
+
+    hidden, cache, ys = model.hidden_states(tokens[:, None], positions[:, None], attend, cache)
+    return model.logits(hidden[:, 0]), cache, jnp.concatenate(ys)
+
+
+def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, prompt_lengths: jax.Array,
+                   page_table: jax.Array, scatter: jax.Array, max_new_tokens: jax.Array, seed: jax.Array):
+    model: Qwen3ForCausalLM = nnx.merge(static.graphdef, state)
+    n = static.num_samples
+    batch = prompt_ids.shape[0] * n
+    prompt_of, sample_of = jnp.arange(batch) // n, jnp.arange(batch) % n
+    first_logits, cache = prefill(model, prompt_ids, prompt_lengths, scatter, static.num_pages, static.page_size)
+
+    def draw(logits: jax.Array, step: jax.Array) -> jax.Array:
+        keys = sample_keys(seed, prompt_of, sample_of, step)
+        return sample(logits, keys, static.sampling, static.vocab_size)
+
+    eos = jnp.asarray(static.eos_token_ids or (-1,), jnp.int32)
+    first = draw(jnp.repeat(first_logits, n, axis=0), jnp.int32(0))
+    first_eos = jnp.isin(first, eos)
+    tokens = jnp.full((batch, static.buffer), -1, jnp.int32).at[:, 0].set(first)
+    done = first_eos | (max_new_tokens <= 1)
+    reason = jnp.where(first_eos, EOS, jnp.where(done, LENGTH, RUNNING)).astype(jnp.int32)
+    generated = jnp.ones((batch,), jnp.int32)
+    base = jnp.repeat(prompt_lengths, n)  # a sample's cache length before decode step 0
+    attended = jnp.zeros((static.buffer, model.config.num_hidden_layers), jnp.int32)
+
+    # Step s feeds token s at position prompt + s and samples token s + 1.
+    def cond(carry):
+        step, _, done, *_ = carry
+        return (step < max_new_tokens - 1) & ~jnp.all(done)
+
+    def body(carry):
+        step, tokens, done, reason, generated, cache, attended = carry
+        active = ~done
+        logits, cache, counts = decode_step(model, cache, jnp.maximum(tokens[:, step], 0), base + step,
+                                            page_table, active)
+        nxt = draw(logits, step + 1)
+        tokens = tokens.at[:, step + 1].set(jnp.where(active, nxt, -1))
+        generated = generated + active
+        hit_eos = active & jnp.isin(nxt, eos)
+        hit_len = active & ~hit_eos & (generated >= max_new_tokens)
+        reason = jnp.where(hit_eos, EOS, jnp.where(hit_len, LENGTH, reason))
+        done = done | hit_eos | hit_len
+        if static.repetition is not None and static.buffer >= static.repetition.window:
+            repeated = active & ~done & _repeated(tokens, generated, static.repetition)
+            reason = jnp.where(repeated, REPETITION, reason)
+            done = done | repeated
+        attended = attended.at[step].set(counts)
+        return step + 1, tokens, done, reason, generated, cache, attended
+
+    carry = (jnp.int32(0), tokens, done, reason, generated, cache, attended)
+    steps, tokens, done, reason, generated, _, attended = jax.lax.while_loop(cond, body, carry)
+    reason = jnp.where(reason == RUNNING, LENGTH, reason)
+    return tokens, generated, reason, attended, steps
+
+
+_generate_jit = jax.jit(_generate_impl, static_argnames=("static",))
+
+
+def _validate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
+              vocab_size: int) -> list[np.ndarray]:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1 (a budget of 0 generates nothing), "
+                         f"got {max_new_tokens!r}")
+    if not 1 <= vocab_size <= model.config.vocab_size:
+        raise ValueError(f"vocab_size must be in [1, {model.config.vocab_size}], got {vocab_size}")
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty")
+    arrays = []
+    for i, prompt in enumerate(prompts):
+        ids = np.asarray(prompt)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"prompt {i} is empty or not a flat list of token ids")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"prompt {i} holds non-integer token ids ({ids.dtype})")
+        bad = ids[(ids < 0) | (ids >= model.config.vocab_size)]
+        if bad.size:
+            raise ValueError(f"prompt {i} has token id {int(bad[0])} outside the model's vocabulary "
+                             f"[0, {model.config.vocab_size})")
+        if ids.size + max_new_tokens > model.config.max_position_embeddings:
+            raise ValueError(f"prompt {i} ({ids.size} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                             f"model's max_position_embeddings ({model.config.max_position_embeddings})")
+        arrays.append(ids.astype(np.int32))
+    return arrays
+
+
+def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             num_samples: int = 1, sampling: SamplingConfig = SamplingConfig(),
+             attention: AttentionConfig = AttentionConfig(), seed: int = 0, eos_token_ids: Sequence[int] = (),
+             vocab_size: int | None = None, page_size: int = 16, repetition: RepetitionStop | None = None,
+             cache_budget_bytes: int | None = None) -> GenerationResult:
+    """Samples `num_samples` continuations of every prompt (lists of token ids), up to `max_new_tokens` each.
+
+    A sample stops at the first id in `eos_token_ids`, after `max_new_tokens`, or (with `repetition`) when it
+    loops. `vocab_size` is the tokenizer's real vocabulary (ids >= it are never sampled; default: the model's).
+    Sample s of prompt p draws from keys derived from (seed, p, s, step), so it does not change when N or the
+    batch changes. The cache is sized from the request; a request over `cache_budget_bytes` (default: free device
+    memory, or half the host RAM) is refused before any compute.
+    """
+    vocab_size = model.config.vocab_size if vocab_size is None else vocab_size
+    arrays = _validate(model, prompts, num_samples, max_new_tokens, vocab_size)
+    lengths = [a.size for a in arrays]
+    prompt_len = _bucket(max(lengths), 16)
+    plan = CachePlan.for_request(lengths, num_samples, max_new_tokens, page_size, pad_pages_to=64,
+                                 pad_prefill_to=_bucket(sum(lengths) * num_samples))
+    cache_dtype = jax.eval_shape(lambda: model.embed_tokens(jnp.zeros((1,), jnp.int32))).dtype
+    need, budget = plan.bytes(model.config, cache_dtype, minmax=False), cache_budget_bytes or _memory_budget()
+    if need > budget:
+        raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache ({len(arrays)} prompts x {num_samples} "
+                         f"samples, {max(lengths)} + {max_new_tokens} tokens) but the budget is "
+                         f"{budget / 2**30:.2f} GiB")
+    table = np.full((plan.page_table.shape[0], _bucket(plan.page_table.shape[1])), NULL_PAGE, np.int32)
+    table[:, :plan.page_table.shape[1]] = plan.page_table
+    padded = np.zeros((len(arrays), prompt_len), np.int32)
+    for i, a in enumerate(arrays):
+        padded[i, :a.size] = a
+    graphdef, state = nnx.split(model)
+    static = _Static(graphdef, sampling, attention, num_samples, _bucket(max_new_tokens), plan.num_pages, page_size,
+                     tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
+    scatter = np.stack([plan.prefill_page, plan.prefill_slot, plan.prefill_prompt, plan.prefill_token])
+    tokens, generated, reason, attended, steps = _generate_jit(
+        static, state, jnp.asarray(padded), jnp.asarray(lengths, jnp.int32), jnp.asarray(table),
+        jnp.asarray(scatter), jnp.int32(max_new_tokens), jnp.int32(seed))
+    shape = (len(arrays), num_samples)
+    return GenerationResult(
+        tokens=np.asarray(tokens)[:, :max_new_tokens].reshape(shape + (max_new_tokens,)),
+        lengths=np.asarray(generated).reshape(shape),
+        finish_reasons=np.asarray(FINISH_REASONS)[np.asarray(reason)].reshape(shape),
+        attended_tokens=np.asarray(attended)[:int(steps)].astype(np.int64),
+        prompt_lengths=np.asarray(lengths, np.int32))
