@@ -89,6 +89,10 @@ class Tokenizer:
         return cls(tokenizer, chat_template=template, special_tokens=special, eos_token_ids=eos_ids)
 
     @property
+    def has_chat_template(self) -> bool:
+        return self._chat_template is not None
+
+    @property
     def vocab_size(self) -> int:
         """Number of real token ids (ids >= this are embedding padding)."""
         return self._tokenizer.get_vocab_size(with_added_tokens=True)

@@ -2,6 +2,7 @@
 
 from kinetics_jax.sampling.engine import GenerationResult, RepetitionStop, generate
 from kinetics_jax.sampling.samplers import SamplingConfig, filtered_logits, sample, sample_keys
+from kinetics_jax.sampling.strategies import best_of_n, long_cot
 
-__all__ = ["GenerationResult", "RepetitionStop", "SamplingConfig", "filtered_logits", "generate", "sample",
-           "sample_keys"]
+__all__ = ["GenerationResult", "RepetitionStop", "SamplingConfig", "best_of_n", "filtered_logits", "generate",
+           "long_cot", "sample", "sample_keys"]
