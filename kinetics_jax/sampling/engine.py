@@ -249,8 +249,7 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     prompt_len = _bucket(max(lengths), 16)
     plan = CachePlan.for_request(lengths, num_samples, max_new_tokens, page_size, pad_pages_to=64,
                                  pad_prefill_to=_bucket(sum(lengths) * num_samples))
-    cache_dtype = jax.eval_shape(lambda: model.embed_tokens(jnp.zeros((1,), jnp.int32))).dtype
-    need, budget = plan.bytes(model.config, cache_dtype, minmax=False), cache_budget_bytes or _memory_budget()
+    need, budget = plan.bytes(model.config, model.dtype, minmax=False), cache_budget_bytes or _memory_budget()
     if need > budget:
         raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache ({len(arrays)} prompts x {num_samples} "
                          f"samples, {max(lengths)} + {max_new_tokens} tokens) but the budget is "
