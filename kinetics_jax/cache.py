@@ -7,7 +7,10 @@ For a request of P prompts x N samples, sequence b = p * N + s has a page table 
     | own pages of sample (p, s) (the copy of the prompt's partial last page, then generated tokens) ]
 
 so the prompt KV is written and stored once, and only the partial last page is copied per sample. Page 0 is a
-null page: padding writes land there and no page table points at it. The plan (host side, numpy) is computed
+null page: padding writes land there and no page table points at it. Token t of a sequence sits at virtual
+index t + page_offset of its page list (page (t + offset) // page_size, slot (t + offset) % page_size): the
+offset (AttentionConfig.page_offset) leaves the first slots of the first page empty, so that block top-k
+blocks, which start right after the sink, are whole pages. The plan (host side, numpy) is computed
 from the request before any device work, so a request that cannot fit is refused up front.
 
 Device state (`KVCache`, a pytree) holds the page pools of all layers, stacked like the model's layers, plus
@@ -44,6 +47,7 @@ class CachePlan:
     """
 
     page_size: int
+    page_offset: int
     num_samples: int
     prompt_lengths: tuple[int, ...]
     max_new_tokens: int
@@ -57,30 +61,32 @@ class CachePlan:
 
     @classmethod
     def for_request(cls, prompt_lengths: list[int], num_samples: int, max_new_tokens: int, page_size: int,
-                    *, pad_pages_to: int = 1, pad_prefill_to: int = 1) -> "CachePlan":
+                    *, page_offset: int = 0, pad_pages_to: int = 1, pad_prefill_to: int = 1) -> "CachePlan":
         """Lays out pages for prompts of the given lengths, `num_samples` each, up to `max_new_tokens` new tokens.
 
         A sequence stores positions 0 .. prompt + max_new_tokens - 2 (the last sampled token is never fed back).
         `pad_pages_to` / `pad_prefill_to` round the pool size and the scatter length up (shape buckets).
         """
+        if not 0 <= page_offset < page_size:
+            raise ValueError(f"page_offset must be in [0, page_size={page_size}), got {page_offset}")
         tables: list[list[int]] = []
         scatter: list[tuple[int, int, int, int]] = []
         next_page = NULL_PAGE + 1
         shared = 0
         for p, length in enumerate(prompt_lengths):
-            full = length // page_size
+            full = (length + page_offset) // page_size  # pages holding only prompt tokens (and empty slots)
             shared_ids = list(range(next_page, next_page + full))
             next_page += full
             shared += full
-            for t in range(full * page_size):
-                scatter.append((shared_ids[t // page_size], t % page_size, p, t))
-            own = _ceil_div(length + max_new_tokens - 1, page_size) - full
+            for t in range(full * page_size - page_offset):
+                scatter.append((shared_ids[(t + page_offset) // page_size], (t + page_offset) % page_size, p, t))
+            own = _ceil_div(page_offset + length + max_new_tokens - 1, page_size) - full
             for _ in range(num_samples):
                 own_ids = list(range(next_page, next_page + own))
                 next_page += own
                 tables.append(shared_ids + own_ids)
-                for t in range(full * page_size, length):  # the partial last prompt page, copied per sample
-                    scatter.append((own_ids[0], t % page_size, p, t))
+                for t in range(full * page_size - page_offset, length):  # the partial last prompt page, per sample
+                    scatter.append((own_ids[0], (t + page_offset) % page_size, p, t))
         num_pages = _ceil_div(next_page, pad_pages_to) * pad_pages_to
         width = max(len(row) for row in tables)
         table = np.full((len(tables), width), NULL_PAGE, np.int32)
@@ -90,8 +96,13 @@ class CachePlan:
         cols = np.zeros((4, n), np.int32)  # padding entries copy (prompt 0, token 0) into the null page
         if scatter:
             cols[:, :len(scatter)] = np.asarray(scatter, np.int32).T
-        return cls(page_size, num_samples, tuple(prompt_lengths), max_new_tokens, num_pages, shared, table,
+        return cls(page_size, page_offset, num_samples, tuple(prompt_lengths), max_new_tokens, num_pages, shared, table,
                    cols[0], cols[1], cols[2], cols[3])
+
+    @property
+    def shared_pages_per_prompt(self) -> np.ndarray:
+        """int32[P]: the leading page-table entries that the N samples of each prompt share."""
+        return np.asarray([(n + self.page_offset) // self.page_size for n in self.prompt_lengths], np.int32)
 
     @property
     def allocated_pages(self) -> int:
@@ -106,8 +117,9 @@ class CachePlan:
 
 
 class KVCache(NamedTuple):
-    """Page pools [layers, pages, page_size, kv_heads, head_dim] and per-page key summaries [layers, pages,
-    kv_heads, head_dim] (float32). k_min / k_max are None unless the cache was built with minmax=True."""
+    """Page pools [layers, kv_heads, pages, page_size, head_dim] (head-major, as paged-attention kernels read
+    them) and per-page key summaries [layers, kv_heads, pages, head_dim] (float32). k_min / k_max are None
+    unless the cache was built with minmax=True (the Quest score needs them)."""
 
     k: jax.Array
     v: jax.Array
@@ -117,27 +129,32 @@ class KVCache(NamedTuple):
 
     @classmethod
     def zeros(cls, config: Qwen3Config, num_pages: int, page_size: int, dtype: DType, minmax: bool) -> "KVCache":
-        shape = (config.num_hidden_layers, num_pages, page_size, config.num_key_value_heads, config.head_dim)
-        summary = shape[:2] + shape[3:]
+        shape = (config.num_hidden_layers, config.num_key_value_heads, num_pages, page_size, config.head_dim)
+        summary = shape[:3] + shape[4:]
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros(summary, jnp.float32),
                    jnp.full(summary, jnp.inf) if minmax else None,
                    jnp.full(summary, -jnp.inf) if minmax else None)
 
     @property
     def page_size(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
-    def write(self, layers: jax.Array | slice, pages: jax.Array, slots: jax.Array, k: jax.Array, v: jax.Array
-              ) -> "KVCache":
-        """Stores keys / values at (pages[i], slots[i]) of `layers` and folds the keys into the page summaries.
+    def fill(self, pages: jax.Array, slots: jax.Array, k: jax.Array, v: jax.Array) -> "KVCache":
+        """Prefill: stores k, v [layers, n, Hkv, D] of every layer at (pages[i], slots[i]); see `append`."""
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [L, Hkv, n, D]
+        return self._store((slice(None), slice(None), pages), slots, k, v)
 
-        layers: a layer index (decode: k, v [n, Hkv, D]) or slice(None) (prefill: k, v [L, n, Hkv, D]).
-        Each (page, slot) must be written once; the summaries assume so.
-        """
+    def append(self, layer: jax.Array, pages: jax.Array, slots: jax.Array, k: jax.Array, v: jax.Array
+               ) -> "KVCache":
+        """Decode: stores k, v [n, Hkv, D] of one layer at (pages[i], slots[i]) and folds the keys into the page
+        summaries. Each (page, slot) must be written once; the summaries assume so."""
+        return self._store((layer, slice(None), pages), slots, k, v)
+
+    def _store(self, at: tuple, slots: jax.Array, k: jax.Array, v: jax.Array) -> "KVCache":
         k32 = k.astype(jnp.float32)
         return KVCache(
-            self.k.at[layers, pages, slots].set(k.astype(self.k.dtype)),
-            self.v.at[layers, pages, slots].set(v.astype(self.v.dtype)),
-            self.k_sum.at[layers, pages].add(k32),
-            None if self.k_min is None else self.k_min.at[layers, pages].min(k32),
-            None if self.k_max is None else self.k_max.at[layers, pages].max(k32))
+            self.k.at[at + (slots,)].set(k.astype(self.k.dtype)),
+            self.v.at[at + (slots,)].set(v.astype(self.v.dtype)),
+            self.k_sum.at[at].add(k32),
+            None if self.k_min is None else self.k_min.at[at].min(k32),
+            None if self.k_max is None else self.k_max.at[at].max(k32))

@@ -1,11 +1,22 @@
-"""Decode throughput of `kj.generate` against transformers `generate`, same shapes, random weights.
+"""Decode benchmarks: attention per step, the whole model's decode at long context, and generate vs transformers.
 
-    python scripts/benchmark_decode.py --shape=tiny --batch=1,16 --prompt_len=64 --new_tokens=128
+    # one layer of decode attention at Qwen3-8B head shapes (selection + kernel), per step
+    python scripts/benchmark_decode.py --mode=attention --context=4096,16384,32768,65536 --batch=1,16,64 \
+        --attention=dense-xla,dense-pallas,cascade-pallas,jax-peer,block_topk-pallas-256,block_topk-pallas-1024
+    # the whole model's decode step (every layer, MLP, logits, greedy pick) on a cache of --context tokens
+    python scripts/benchmark_decode.py --mode=model --shape=qwen3-8b --layers=4 --context=32768 --batch=64 \
+        --attention=dense-pallas,block_topk-pallas-1024
+    # kinetics_jax generate against transformers generate, same shapes (prefill included)
+    python scripts/benchmark_decode.py --mode=transformers --shape=tiny --batch=1,16
 
-Both sides decode greedily with no EOS, so every sequence produces exactly --new_tokens tokens; the time covers
-prefill plus decode, after one warm-up run (compilation excluded), median of --repeats runs. tokens/s counts
-generated tokens over all sequences. --shape is "tiny" (a small Qwen3 for CPU runs) or a preset name (e.g.
-qwen3-0.6b, qwen3-8b: real layer shapes, which need an accelerator to be fast). --layers overrides the depth.
+Attention variants (--attention): dense-xla, dense-pallas, cascade-pallas (the batch = N samples of one prompt
+whose first context - 512 tokens are shared pages), jax-peer (jax.experimental.pallas.ops.gpu.decode_attention
+on contiguous KV; GPU only), block_topk-<xla|pallas>-<budget> (sink 4, local 0, 16-token blocks, budget / 16
+blocks). Caches hold random K/V (no prefill: a 32K-token prefill is not what is measured). Times are medians of
+--repeats runs after a warm-up; each run executes --steps steps inside one jit (a lax.fori_loop feeding each
+step's output into the next), so dispatch overhead is amortised. "GB/s" divides the bytes the variant must read
+(K/V of the attended tokens, page summaries for block top-k) by the time. Off GPU the Pallas kernels only run in
+interpret mode, so their rows say "not measured".
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from typing import Callable
 
 from absl import app, flags, logging
 
@@ -22,79 +34,270 @@ import numpy as np
 from flax import nnx
 
 import kinetics_jax as kj
+from kinetics_jax.attention import decode_attention
+from kinetics_jax.cache import KVCache
+from kinetics_jax.sampling.engine import decode_step
 
 TINY = kj.Qwen3Config(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)
+PAGE = 16
+OWN_TOKENS = 512  # cascade: tokens each sample owns after the shared prompt
 
-_SHAPE = flags.DEFINE_enum("shape", "tiny", ("tiny",) + kj.Qwen3Config.preset_names(), "Model shape.")
-_LAYERS = flags.DEFINE_integer("layers", None, "Override the number of layers.", lower_bound=1)
+_MODE = flags.DEFINE_enum("mode", "attention", ["attention", "model", "transformers"], "What to time.")
+_SHAPE = flags.DEFINE_enum("shape", "qwen3-8b", ("tiny",) + kj.Qwen3Config.preset_names(), "Model / head shapes.")
+_LAYERS = flags.DEFINE_integer("layers", None, "Override the number of layers (model, transformers modes).",
+                               lower_bound=1)
 _BATCH = flags.DEFINE_list("batch", ["1", "16"], "Batch sizes (sequences decoded together).")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens per sequence.", lower_bound=1)
-_NEW = flags.DEFINE_integer("new_tokens", 128, "Generated tokens per sequence.", lower_bound=2)
+_CONTEXT = flags.DEFINE_list("context", ["4096", "16384"], "Cached tokens per sequence (attention, model).")
+_ATTENTION = flags.DEFINE_list("attention", ["dense-xla", "block_topk-xla-1024"], "Attention variants.")
+_DENSE_LAYERS = flags.DEFINE_list("dense_layers", ["0"], "Layers kept dense by sparse variants (model mode).")
+_STEPS = flags.DEFINE_integer("steps", 8, "Decode steps per timed run.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per point (median reported).", lower_bound=1)
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute and parameter dtype.")
-_TRANSFORMERS = flags.DEFINE_bool("transformers", True, "Also time transformers generate (needs torch).")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Compute, parameter and cache dtype.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens per sequence (transformers mode).",
+                                   lower_bound=1)
+_NEW = flags.DEFINE_integer("new_tokens", 128, "Generated tokens per sequence (transformers mode).", lower_bound=2)
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: compilation / allocator
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row family of the table: an attention config (None for jax's peer kernel); cascade: shared prompt."""
+
+    name: str
+    config: kj.AttentionConfig | None
+    cascade: bool = False
+
+    @classmethod
+    def parse(cls, spec: str, dense_layers: tuple[int, ...]) -> "Variant":
+        parts = spec.split("-")
+        if spec == "jax-peer":
+            return cls(spec, None)
+        if parts[0] in ("dense", "cascade") and len(parts) == 2 and parts[1] in ("xla", "pallas"):
+            if parts[0] == "cascade" and parts[1] != "pallas":
+                raise ValueError("--attention: the cascade is a Pallas kernel path, use cascade-pallas")
+            return cls(spec, kj.AttentionConfig(backend=parts[1]), cascade=parts[0] == "cascade")
+        if parts[0] == "block_topk" and len(parts) == 3 and parts[2].isdigit():
+            budget = int(parts[2])
+            if budget < PAGE or budget % PAGE:
+                raise ValueError(f"--attention {spec}: the budget must be a positive multiple of {PAGE}")
+            return cls(spec, kj.AttentionConfig(kind="block_topk", sink=4, local=0, block_size=PAGE,
+                                                block_topk=budget // PAGE, backend=parts[1],
+                                                dense_layers=dense_layers))
+        raise ValueError(f"--attention: unknown variant {spec!r} (dense-<xla|pallas>, cascade-pallas, jax-peer, "
+                         f"block_topk-<xla|pallas>-<budget>)")
+
+    def unavailable(self) -> str | None:
+        """Why this variant cannot be timed on this platform (None if it can)."""
+        pallas = self.config is None or self.config.backend == "pallas"
+        if pallas and jax.default_backend() != "gpu" and not (self.config and jax.default_backend() == "tpu"):
+            return f"not measured ({jax.default_backend()}: Pallas runs in interpret mode only)"
+        return None
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    jax.block_until_ready(fn())  # warm-up: compilation, allocation
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def _ours(config: kj.Qwen3Config, prompts: np.ndarray, new_tokens: int, dtype) -> float:
-    model = kj.Qwen3ForCausalLM(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
-    greedy = kj.SamplingConfig.greedy_config()
+def _layout(batch: int, context: int, cascade: bool, offset: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(page_table int32[B, M], shared pages int32[1], pool pages) for B sequences of `context` tokens at
+    virtual offset `offset`; with `cascade`, all but the last OWN_TOKENS tokens sit in pages shared by all."""
+    width = -(-(offset + context) // PAGE)
+    shared = (offset + context - OWN_TOKENS) // PAGE if cascade else 0
+    own = width - shared
+    table = np.zeros((batch, width), np.int32)
+    table[:, :shared] = 1 + np.arange(shared)
+    table[:, shared:] = 1 + shared + np.arange(batch * own).reshape(batch, own)
+    return table, np.asarray([shared], np.int32), 1 + shared + batch * own
 
-    def run():
-        result = kj.generate(model, prompts.tolist(), max_new_tokens=new_tokens, sampling=greedy)
-        assert (result.lengths == new_tokens).all()
 
-    return _median_seconds(run, _REPEATS.value)
+def _random_cache(key: jax.Array, layers: int, hkv: int, pages: int, d: int, dtype, minmax: bool) -> KVCache:
+    """Random K/V pools [layers, Hkv, pages, 16, D] with their page summaries."""
+    kk, kv = jax.random.split(key)
+    shape = (layers, hkv, pages, PAGE, d)
+    k = jax.random.normal(kk, shape, dtype)
+    k32 = k.astype(jnp.float32)
+    return KVCache(k, jax.random.normal(kv, shape, dtype), jnp.sum(k32, axis=3),
+                   jnp.min(k32, axis=3) if minmax else None, jnp.max(k32, axis=3) if minmax else None)
 
 
-def _transformers(config: kj.Qwen3Config, prompts: np.ndarray, new_tokens: int, dtype: str) -> float:
+def _bytes_needed(variant: Variant, batch: int, context: int, hkv: int, d: int, itemsize: int) -> int:
+    """Bytes one decode step of one layer must read: the attended K/V (+ block summaries for block top-k)."""
+    kv_token = 2 * hkv * d * itemsize
+    if variant.cascade:
+        return (context - OWN_TOKENS) * kv_token + batch * OWN_TOKENS * kv_token
+    if variant.config is not None and variant.config.kind == "block_topk":
+        config = variant.config
+        n_full = (context - config.sink) // PAGE
+        tokens = context - max(n_full - config.block_topk, 0) * PAGE
+        return batch * (tokens * kv_token + -(-context // PAGE) * hkv * d * 4)
+    return batch * context * kv_token
+
+
+def _attention_step(variant: Variant, batch: int, context: int, config: kj.Qwen3Config, dtype
+                    ) -> Callable[[], jax.Array]:
+    """A no-argument callable running --steps decode-attention steps of one layer; returns the last output."""
+    hq, hkv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    key_q, key_kv = jax.random.split(jax.random.key(batch * 7919 + context))
+    q = jax.random.normal(key_q, (batch, hq, d), dtype)
+    lengths = jnp.full((batch,), context, jnp.int32)
+    steps = _STEPS.value
+    if variant.config is None:  # jax's own Pallas decode attention, contiguous KV
+        from jax.experimental.pallas.ops.gpu import decode_attention as peer
+        kk, kv = jax.random.split(key_kv)
+        k = jax.random.normal(kk, (batch, context, hkv, d), dtype)
+        v = jax.random.normal(kv, (batch, context, hkv, d), dtype)
+
+        @jax.jit
+        def run(q, k, v, lengths):
+            return jax.lax.fori_loop(0, steps, lambda i, x: peer.gqa(x, k, v, kv_seq_len=lengths), q)
+
+        return lambda: run(q, k, v, lengths)
+    attention = dataclasses.replace(variant.config, dense_layers=())
+    table, shared, pages = _layout(batch, context, variant.cascade, attention.page_offset)
+    cache = _random_cache(key_kv, 1, hkv, pages, d, dtype, attention.uses_minmax)
+
+    @jax.jit
+    def run(q, cache, table, lengths, shared):
+        def body(i, x):
+            out, _ = decode_attention(x, cache, jnp.int32(0), table, lengths, attention,
+                                      page_offset=attention.page_offset, num_samples=batch if variant.cascade else 1,
+                                      shared_pages=shared if variant.cascade else None)
+            return out
+        return jax.lax.fori_loop(0, steps, body, q)
+
+    table, shared = jnp.asarray(table), jnp.asarray(shared)
+    return lambda: run(q, cache, table, lengths, shared)
+
+
+def _model_step(variant: Variant, model: kj.Qwen3ForCausalLM, batch: int, context: int, dtype
+                ) -> Callable[[], jax.Array]:
+    """A no-argument callable running --steps full-model decode steps (greedy) on a cache of `context` tokens."""
+    config, steps = model.config, _STEPS.value
+    attention = variant.config
+    table, shared, pages = _layout(batch, context, variant.cascade, attention.page_offset)
+    cache = _random_cache(jax.random.key(context + batch), config.num_hidden_layers, config.num_key_value_heads,
+                          pages, config.head_dim, dtype, attention.uses_minmax)
+    graphdef, state = nnx.split(model)
+    num_samples = batch if variant.cascade else 1
+
+    @jax.jit
+    def run(state, cache, table, shared):
+        model = nnx.merge(graphdef, state)
+
+        def body(i, carry):
+            tokens, cache = carry
+            positions = jnp.full((batch,), context - steps, jnp.int32) + i  # the cache ends at `context`
+            logits, cache, _ = decode_step(model, cache, tokens, positions, table, jnp.ones((batch,), bool),
+                                           attention, num_samples, shared if variant.cascade else None)
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+        tokens, _ = jax.lax.fori_loop(0, steps, body, (jnp.zeros((batch,), jnp.int32), cache))
+        return tokens
+
+    table, shared = jnp.asarray(table), jnp.asarray(shared)
+    return lambda: run(state, cache, table, shared)
+
+
+def _config() -> kj.Qwen3Config:
+    config = TINY if _SHAPE.value == "tiny" else kj.Qwen3Config.preset(_SHAPE.value)
+    if _LAYERS.value:
+        config = dataclasses.replace(config, num_hidden_layers=_LAYERS.value)
+    return config
+
+
+def _device() -> str:
+    return f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}"
+
+
+def _sweep() -> None:
+    """--mode=attention / model: one table row per (context, batch, variant)."""
+    config, dtype = _config(), jnp.dtype(_DTYPE.value)
+    dense_layers = tuple(int(i) for i in _DENSE_LAYERS.value)
+    variants = [Variant.parse(spec, dense_layers) for spec in _ATTENTION.value]
+    model_mode = _MODE.value == "model"
+    if model_mode and any(v.config is None for v in variants):
+        raise ValueError("--mode=model: jax-peer is an attention kernel only")
+    model = (kj.Qwen3ForCausalLM(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)) if model_mode else None)
+    unit = "tok/s" if model_mode else "GB/s"
+    rows = []
+    for context in (int(c) for c in _CONTEXT.value):
+        for batch in (int(b) for b in _BATCH.value):
+            base = None
+            for variant in variants:
+                why = variant.unavailable()
+                if why:
+                    rows.append((context, batch, variant.name, why))
+                    continue
+                step = (_model_step(variant, model, batch, context, dtype) if model_mode
+                        else _attention_step(variant, batch, context, config, dtype))
+                seconds = _median_seconds(step, _REPEATS.value) / _STEPS.value
+                del step
+                base = base or seconds
+                rate = (batch / seconds if model_mode else _bytes_needed(
+                    variant, batch, context, config.num_key_value_heads, config.head_dim, dtype.itemsize) / seconds
+                        / 1e9)
+                rows.append((context, batch, variant.name, f"{seconds * 1e3:10.3f} | {rate:10.1f} | "
+                                                            f"{base / seconds:6.2f}x"))
+                logging.info("%s", rows[-1])
+    what = (f"whole-model decode step, {config.num_hidden_layers} layers" if model_mode else
+            "decode attention of one layer")
+    print(f"\n{what}, {_SHAPE.value} shapes (Hq {config.num_attention_heads}, Hkv {config.num_key_value_heads}, "
+          f"D {config.head_dim}), {_DTYPE.value}, device: {_device()}")
+    print(f"{'context':>7} | {'batch':>5} | {'variant':<22} | {'ms/step':>10} | {unit:>10} | vs first")
+    for context, batch, name, cells in rows:
+        print(f"{context:>7} | {batch:>5} | {name:<22} | {cells}")
+
+
+def _transformers_comparison() -> None:
+    """--mode=transformers: kj.generate against transformers generate, greedy, no EOS, prefill included."""
     import torch
     from transformers import Qwen3Config as HFConfig, Qwen3ForCausalLM as HFModel
 
+    config, dtype = _config(), _DTYPE.value
+    greedy = kj.SamplingConfig.greedy_config()
+    ours_model = kj.Qwen3ForCausalLM(config, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype),
+                                     rngs=nnx.Rngs(0))
     torch.manual_seed(0)
     hf_config = HFConfig(**{k: v for k, v in config.to_hf_dict().items() if k not in ("architectures", "model_type")})
-    model = HFModel(hf_config).to(getattr(torch, dtype)).eval()
-    ids = torch.as_tensor(prompts, dtype=torch.long)
-    mask = torch.ones_like(ids)
+    hf_model = HFModel(hf_config).to(getattr(torch, dtype)).eval()
+    new = _NEW.value
+    rows = []
+    for batch in (int(b) for b in _BATCH.value):
+        prompts = np.random.default_rng(batch).integers(0, config.vocab_size, (batch, _PROMPT_LEN.value))
 
-    def run():
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                 do_sample=False, pad_token_id=0)
-        assert out.shape[1] == ids.shape[1] + new_tokens
+        def ours():
+            result = kj.generate(ours_model, prompts.tolist(), max_new_tokens=new, sampling=greedy)
+            assert (result.lengths == new).all()
 
-    return _median_seconds(run, _REPEATS.value)
+        def theirs():
+            ids = torch.as_tensor(prompts, dtype=torch.long)
+            with torch.no_grad():
+                out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                        min_new_tokens=new, do_sample=False, pad_token_id=0)
+            assert out.shape[1] == ids.shape[1] + new
+
+        a, b = _median_seconds(ours, _REPEATS.value), _median_seconds(theirs, _REPEATS.value)
+        rows.append((batch, batch * new / a, batch * new / b, b / a))
+    print(f"\n{_SHAPE.value} ({config.num_hidden_layers} layers, hidden {config.hidden_size}), {dtype}, "
+          f"prompt {_PROMPT_LEN.value} + {new} new tokens, greedy, device: {_device()}")
+    print(f"{'batch':>5} | {'kinetics_jax tok/s':>18} | {'transformers tok/s':>18} | {'speedup':>7}")
+    for batch, ours_rate, theirs_rate, ratio in rows:
+        print(f"{batch:>5} | {ours_rate:>18.1f} | {theirs_rate:>18.1f} | {ratio:>6.2f}x")
 
 
 def main(argv: list[str]) -> None:
     del argv
     logging.info("process %d of %d, backend %s", jax.process_index(), jax.process_count(), jax.default_backend())
-    config = TINY if _SHAPE.value == "tiny" else kj.Qwen3Config.preset(_SHAPE.value)
-    if _LAYERS.value:
-        config = dataclasses.replace(config, num_hidden_layers=_LAYERS.value)
-    rows = []
-    for batch in (int(b) for b in _BATCH.value):
-        prompts = np.random.default_rng(batch).integers(0, config.vocab_size, (batch, _PROMPT_LEN.value))
-        tokens = batch * _NEW.value
-        ours = _ours(config, prompts, _NEW.value, jnp.dtype(_DTYPE.value))
-        theirs = _transformers(config, prompts, _NEW.value, _DTYPE.value) if _TRANSFORMERS.value else float("nan")
-        rows.append((batch, tokens / ours, tokens / theirs, theirs / ours))
-    device = jax.devices()[0].device_kind
-    print(f"\n{_SHAPE.value} ({config.num_hidden_layers} layers, hidden {config.hidden_size}), {_DTYPE.value}, "
-          f"prompt {_PROMPT_LEN.value} + {_NEW.value} new tokens, greedy, device: {device}")
-    print(f"{'batch':>5} | {'kinetics_jax tok/s':>18} | {'transformers tok/s':>18} | {'speedup':>7}")
-    for batch, ours, theirs, ratio in rows:
-        print(f"{batch:>5} | {ours:>18.1f} | {theirs:>18.1f} | {ratio:>6.2f}x")
+    if _MODE.value == "transformers":
+        _transformers_comparison()
+    else:
+        _sweep()
 
 
 if __name__ == "__main__":

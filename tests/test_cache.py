@@ -49,11 +49,26 @@ def test_summaries_follow_appends():
     keys = np.random.default_rng(0).normal(size=(6, 1, 4)).astype(np.float32)
     pages, slots = np.array([1, 1, 1, 2, 2, 1]), np.array([0, 1, 2, 0, 1, 3])
     for t in range(6):  # decode-style appends, one token at a time into layer 1
-        cache = cache.write(1, jnp.asarray(pages[t:t + 1]), jnp.asarray(slots[t:t + 1]), jnp.asarray(keys[t:t + 1]),
-                            jnp.asarray(keys[t:t + 1]))
+        cache = cache.append(1, jnp.asarray(pages[t:t + 1]), jnp.asarray(slots[t:t + 1]),
+                             jnp.asarray(keys[t:t + 1]), jnp.asarray(keys[t:t + 1]))
     for page in (1, 2):
         mine = keys[pages == page]
-        np.testing.assert_allclose(np.asarray(cache.k_sum[1, page]), mine.sum(0), rtol=1e-6)
-        np.testing.assert_array_equal(np.asarray(cache.k_min[1, page]), mine.min(0))
-        np.testing.assert_array_equal(np.asarray(cache.k_max[1, page]), mine.max(0))
+        np.testing.assert_allclose(np.asarray(cache.k_sum[1, 0, page]), mine[:, 0].sum(0), rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(cache.k_min[1, 0, page]), mine[:, 0].min(0))
+        np.testing.assert_array_equal(np.asarray(cache.k_max[1, 0, page]), mine[:, 0].max(0))
+    np.testing.assert_array_equal(np.asarray(cache.k[1, 0, pages, slots]), keys[:, 0])
     assert float(jnp.abs(cache.k_sum[0]).max()) == 0.0  # other layers untouched
+
+
+def test_page_offset_makes_blocks_after_the_sink_whole_pages():
+    """With offset 12 and pages of 16, the sink (tokens 0-3) fills page-table entry 0 and block j (tokens
+    4 + 16 j ..) is entry j + 1; the prompt's full pages are shared, the partial one copied per sample."""
+    plan = CachePlan.for_request([40], 2, 30, 16, page_offset=12)
+    assert plan.shared_pages == (40 + 12) // 16 == 3
+    np.testing.assert_array_equal(plan.shared_pages_per_prompt, [3])
+    entries = list(zip(plan.prefill_page, plan.prefill_slot, plan.prefill_prompt, plan.prefill_token))
+    where = {(int(t), int(page)): int(slot) for page, slot, _, t in entries if page in plan.page_table[0]}
+    for t in range(40):
+        entry = (t + 12) // 16
+        assert where[(t, int(plan.page_table[0, entry]))] == (t + 12) % 16
+    assert plan.page_table.shape[1] == -(-(12 + 40 + 29) // 16)  # every stored virtual index has a page

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import kinetics_jax as kj
+from kinetics_jax.attention import AttentionConfig
 from kinetics_jax.cache import CachePlan
 from kinetics_jax.sampling import RepetitionStop, SamplingConfig, generate
 from kinetics_jax.sampling.engine import decode_step, prefill
@@ -68,15 +69,15 @@ def test_cached_logits_equal_full_forward_at_every_step(name, hf_checkpoints):
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p
     logits, cache = prefill(model, jnp.asarray(padded), jnp.asarray([11, 20]), jnp.asarray(scatter),
-                            plan.num_pages, page_size)
+                            plan.num_pages, page_size, minmax=False)
     continuation = np.random.default_rng(3).integers(0, 160, (4, new))  # sequences: (p0,s0) (p0,s1) (p1,s0) (p1,s1)
     full = [np.asarray(model(jnp.asarray([prompts[b // 2] + continuation[b].tolist()])))[0] for b in range(4)]
-    step_fn = jax.jit(decode_step)
+    step_fn = jax.jit(decode_step, static_argnames=("attention",))
     for step in range(new - 1):
         positions = np.repeat([11, 20], 2) + step
         logits, cache, counts = step_fn(model, cache, jnp.asarray(continuation[:, step], jnp.int32),
                                         jnp.asarray(positions, jnp.int32), jnp.asarray(plan.page_table),
-                                        jnp.ones(4, bool))
+                                        jnp.ones(4, bool), attention=AttentionConfig(block_size=page_size))
         assert (np.asarray(counts) == (positions + 1).sum()).all()
         for b in range(4):  # the full forward's logits at the fed token's position
             # float32 on both paths, different summation order: ~1e-7 in practice.

@@ -1,26 +1,134 @@
-"""Decode-attention policies. `AttentionConfig` names which KV tokens each decode step attends.
+"""Decode-attention policies: `AttentionConfig` names which cached KV tokens each decode step attends.
 
-Only "dense" exists so far: every cached token of the sequence. The sparse Kinetics policies (top-k, block top-k,
-sliding window) and the Pallas backends are added here with their selection semantics.
+The semantics (KINETICS.md §3; `reference.py` is the executable spec). A sequence has `n` cached tokens at a
+decode step (the current token included). Choices are made per KV head and shared by its query group; the score
+used for choosing is the query-group mean.
+
+- dense: all n tokens.
+- topk (the oracle upper bound): the first `sink` tokens, the last `local` tokens, and from the middle the `topk`
+  tokens with the highest group-mean logit q.k. Active only when n > sink + topk + local (dense below).
+- block_topk (the tractable method): the middle [sink, n - local) is cut into blocks of `block_size` tokens,
+  aligned to start right after the sink; the trailing partial block joins the local window. A block's score is
+  the group-mean query . the block's mean key ("mean"), or the Quest upper bound sum_d max(q_d min_d, q_d max_d)
+  over the block's channel-wise key min / max, averaged over the group ("quest"). The `block_topk` best blocks
+  are kept. Active when there are more than `block_topk` full blocks (dense below: every block is kept).
+- sliding_window: the first `sink` tokens and the last `local` tokens.
+
+Prefill is always dense, and so are the layers in `dense_layers` (the original keeps layer 0 dense).
+`block_size` is also the page size of the KV cache, so a selected block is one cache page.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-KINDS = ("dense",)
-BACKENDS = ("xla",)
+KINDS = ("dense", "topk", "block_topk", "sliding_window")
+BACKENDS = ("xla", "pallas")
+SCORES = ("mean", "quest")
 
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-    """kind: which tokens a decode step reads; backend: "xla" (the pure-JAX reference)."""
+    """Which KV tokens a decode step attends, and which implementation reads them.
+
+    kind: "dense" | "topk" | "block_topk" | "sliding_window"; sink, local: tokens always kept at the start / end;
+    topk: tokens chosen per step (kind "topk"); block_size: tokens per block and per cache page (a power of two);
+    block_topk: blocks chosen per step (kind "block_topk"); score: "mean" | "quest" (kind "block_topk", default
+    "mean"); dense_layers: layer indices that stay dense; backend: "xla" (pure JAX) or "pallas" (the kernels in
+    pallas_kernels: Triton on GPU, Mosaic on TPU, interpret mode on CPU).
+    """
 
     kind: str = "dense"
+    sink: int = 4
+    local: int = 0
+    topk: int | None = None
+    block_size: int = 16
+    block_topk: int | None = None
+    score: str | None = None
+    dense_layers: tuple[int, ...] = (0,)
     backend: str = "xla"
 
     def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"AttentionConfig.{field}: {why} (got {getattr(self, field)!r})")
+
         if self.kind not in KINDS:
-            raise ValueError(f"AttentionConfig.kind must be one of {KINDS}, got {self.kind!r}")
+            raise bad("kind", f"must be one of {KINDS}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"AttentionConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise bad("backend", f"must be one of {BACKENDS}")
+        for field in ("sink", "local", "block_size"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(field, "must be an integer >= 0")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise bad("block_size", "must be a power of two (it is also the KV cache page size)")
+        object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.dense_layers) or len(
+                set(self.dense_layers)) != len(self.dense_layers):
+            raise bad("dense_layers", "must be distinct layer indices >= 0")
+        for field, owner in (("topk", "topk"), ("block_topk", "block_topk"), ("score", "block_topk")):
+            if getattr(self, field) is not None and self.kind != owner:
+                raise bad(field, f"belongs to kind {owner!r}, not {self.kind!r}")
+        if self.kind == "dense" and (self.sink, self.local) != (4, 0):
+            raise ValueError(f"AttentionConfig.sink / local do not apply to kind 'dense' "
+                             f"(got sink={self.sink}, local={self.local})")
+        if self.kind in ("topk", "block_topk"):
+            budget = getattr(self, self.kind)
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+                raise bad(self.kind, f"kind {self.kind!r} needs a budget >= 1 (a budget of 0 attends nothing)")
+        if self.kind == "block_topk":
+            object.__setattr__(self, "score", self.score or "mean")
+            if self.score not in SCORES:
+                raise bad("score", f"must be one of {SCORES}")
+        if self.kind == "sliding_window" and self.local < 1:
+            raise bad("local", "kind 'sliding_window' needs local >= 1 (a budget of 0 attends nothing)")
+        if self.backend == "pallas" and self.block_size < 16:
+            raise bad("block_size", "the Pallas kernels need pages of >= 16 tokens (Triton dots need 16 rows, "
+                                    "TPU bf16 tiles 16 sublanes); use backend 'xla' for smaller blocks")
+        if self.kind == "topk" and self.backend == "pallas":
+            raise bad("backend", "kind 'topk' is an oracle that scores every cached key; it has no Pallas kernel, "
+                                 "use backend 'xla'")
+
+    @property
+    def sparse(self) -> bool:
+        return self.kind != "dense"
+
+    @property
+    def budget(self) -> int | None:
+        """KV tokens attended per sparse layer and step once the policy is active (None for dense)."""
+        if self.kind == "topk":
+            return self.sink + self.topk + self.local
+        if self.kind == "block_topk":
+            return self.sink + self.local + self.block_size * self.block_topk
+        if self.kind == "sliding_window":
+            return self.sink + self.local
+        return None
+
+    @property
+    def page_offset(self) -> int:
+        """Empty slots before token 0 in a sequence's first cache page: block_topk shifts the pages so that
+        blocks, which start right after the sink, are whole pages (the sink fills the first pages)."""
+        return (-self.sink) % self.block_size if self.kind == "block_topk" else 0
+
+    @property
+    def uses_minmax(self) -> bool:
+        """Whether the cache must keep per-page channel-wise key min / max (the Quest score)."""
+        return self.score == "quest"
+
+    def describe(self) -> str:
+        """A short label, e.g. "block_topk(sink=4, local=0, 64x16, mean, pallas)"."""
+        if self.kind == "dense":
+            return f"dense({self.backend})"
+        parts = [f"sink={self.sink}", f"local={self.local}"]
+        if self.kind == "topk":
+            parts.append(f"topk={self.topk}")
+        if self.kind == "block_topk":
+            parts += [f"{self.block_topk}x{self.block_size}", self.score]
+        return f"{self.kind}({', '.join(parts + [self.backend])})"
+
+    def check_layers(self, num_layers: int) -> None:
+        """Raises if a dense layer index is outside a model of `num_layers` layers."""
+        outside = [i for i in self.dense_layers if i >= num_layers]
+        if outside:
+            raise ValueError(f"AttentionConfig.dense_layers has layer {outside[0]} but the model has "
+                             f"{num_layers} layers")

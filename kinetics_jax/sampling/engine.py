@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kinetics_jax.attention import AttentionConfig, paged_dense_attention
+from kinetics_jax.attention import AttentionConfig, decode_attention
 from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.model.attention import causal_attention
@@ -77,7 +77,6 @@ class _Static:
     num_samples: int
     buffer: int
     num_pages: int
-    page_size: int
     eos_token_ids: tuple[int, ...]
     vocab_size: int
     repetition: RepetitionStop | None
@@ -109,10 +108,10 @@ def _repeated(tokens: jax.Array, generated: jax.Array, stop: RepetitionStop) -> 
 
 
 def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.Array, scatter: jax.Array,
-            num_pages: int, page_size: int) -> tuple[jax.Array, KVCache]:
+            num_pages: int, page_size: int, minmax: bool) -> tuple[jax.Array, KVCache]:
     """Dense causal pass over right-padded prompts int32[P, T]; their K/V written into a new paged cache through
-    the plan's scatter int32[4, n] (page, slot, prompt, token). Returns (logits [P, V] at each prompt's last
-    token, cache)."""
+    the plan's scatter int32[4, n] (page, slot, prompt, token); `minmax`: also keep per-page key min / max.
+    Returns (logits [P, V] at each prompt's last token, cache)."""
     num_prompts, prompt_len = prompt_ids.shape
     valid = jnp.arange(prompt_len)[None, :] < prompt_lengths[:, None]
     positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), prompt_ids.shape)
@@ -124,35 +123,41 @@ def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.
     k_all = jnp.concatenate([y[0] for y in ys], axis=0)  # [L, P, T, Hkv, D]
     v_all = jnp.concatenate([y[1] for y in ys], axis=0)
     pages, slots, src_prompt, src_token = scatter
-    cache = KVCache.zeros(model.config, num_pages, page_size, k_all.dtype, minmax=False)
-    cache = cache.write(slice(None), pages, slots, k_all[:, src_prompt, src_token], v_all[:, src_prompt, src_token])
+    cache = KVCache.zeros(model.config, num_pages, page_size, k_all.dtype, minmax)
+    cache = cache.fill(pages, slots, k_all[:, src_prompt, src_token], v_all[:, src_prompt, src_token])
     return model.logits(hidden[jnp.arange(num_prompts), prompt_lengths - 1]), cache
 
 
 def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, positions: jax.Array,
-                page_table: jax.Array, active: jax.Array) -> tuple[jax.Array, KVCache, jax.Array]:
-    """Feeds tokens int32[B] at positions int32[B]: appends their K/V to each sequence's page and attends over
-    its pages. Returns (logits [B, V], cache, KV tokens read per layer int32[L], counting `active` rows only)."""
-    batch, page_size = tokens.shape[0], cache.page_size
-    page = page_table[jnp.arange(batch), positions // page_size]
-    slot = positions % page_size
+                page_table: jax.Array, active: jax.Array, attention: AttentionConfig, num_samples: int = 1,
+                shared_pages: jax.Array | None = None) -> tuple[jax.Array, KVCache, jax.Array]:
+    """Feeds tokens int32[B] at positions int32[B]: appends their K/V to each sequence's page (and its page
+    summaries) and attends through its page table with the `attention` policy. shared_pages int32[P]: the
+    page-table entries the `num_samples` samples of each prompt share (see decode_attention). Returns (logits
+    [B, V], cache, KV tokens attended per layer int32[L], counting `active` rows only)."""
+    batch, page_size, offset = tokens.shape[0], cache.page_size, attention.page_offset
+    page = page_table[jnp.arange(batch), (positions + offset) // page_size]
+    slot = (positions + offset) % page_size
 
     def attend(q, k, v, layer, cache):
-        cache = cache.write(layer, page, slot, k[:, 0], v[:, 0])
-        out = paged_dense_attention(q[:, 0], cache.k[layer], cache.v[layer], page_table, positions + 1)
-        return out[:, None], cache, jnp.sum(jnp.where(active, positions + 1, 0))
+        cache = cache.append(layer, page, slot, k[:, 0], v[:, 0])
+        out, attended = decode_attention(q[:, 0], cache, layer, page_table, positions + 1, attention,
+                                         page_offset=offset, num_samples=num_samples, shared_pages=shared_pages)
+        return out[:, None], cache, jnp.sum(jnp.where(active, attended, 0))
 
     hidden, cache, ys = model.hidden_states(tokens[:, None], positions[:, None], attend, cache)
     return model.logits(hidden[:, 0]), cache, jnp.concatenate(ys)
 
 
 def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, prompt_lengths: jax.Array,
-                   page_table: jax.Array, scatter: jax.Array, max_new_tokens: jax.Array, seed: jax.Array):
+                   page_table: jax.Array, shared_pages: jax.Array, scatter: jax.Array, max_new_tokens: jax.Array,
+                   seed: jax.Array):
     model: Qwen3ForCausalLM = nnx.merge(static.graphdef, state)
     n = static.num_samples
     batch = prompt_ids.shape[0] * n
     prompt_of, sample_of = jnp.arange(batch) // n, jnp.arange(batch) % n
-    first_logits, cache = prefill(model, prompt_ids, prompt_lengths, scatter, static.num_pages, static.page_size)
+    first_logits, cache = prefill(model, prompt_ids, prompt_lengths, scatter, static.num_pages,
+                                  static.attention.block_size, static.attention.uses_minmax)
 
     def draw(logits: jax.Array, step: jax.Array) -> jax.Array:
         keys = sample_keys(seed, prompt_of, sample_of, step)
@@ -177,7 +182,7 @@ def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, pro
         step, tokens, done, reason, generated, cache, attended = carry
         active = ~done
         logits, cache, counts = decode_step(model, cache, jnp.maximum(tokens[:, step], 0), base + step,
-                                            page_table, active)
+                                            page_table, active, static.attention, n, shared_pages)
         nxt = draw(logits, step + 1)
         tokens = tokens.at[:, step + 1].set(jnp.where(active, nxt, -1))
         generated = generated + active
@@ -233,23 +238,27 @@ def _validate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], num_sam
 def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              num_samples: int = 1, sampling: SamplingConfig = SamplingConfig(),
              attention: AttentionConfig = AttentionConfig(), seed: int = 0, eos_token_ids: Sequence[int] = (),
-             vocab_size: int | None = None, page_size: int = 16, repetition: RepetitionStop | None = None,
+             vocab_size: int | None = None, repetition: RepetitionStop | None = None,
              cache_budget_bytes: int | None = None) -> GenerationResult:
     """Samples `num_samples` continuations of every prompt (lists of token ids), up to `max_new_tokens` each.
 
     A sample stops at the first id in `eos_token_ids`, after `max_new_tokens`, or (with `repetition`) when it
-    loops. `vocab_size` is the tokenizer's real vocabulary (ids >= it are never sampled; default: the model's).
+    loops. `attention` is the decode-attention policy (prefill is always dense); its block_size is the cache's
+    page size. `vocab_size` is the tokenizer's real vocabulary (ids >= it are never sampled; default: the model's).
     Sample s of prompt p draws from keys derived from (seed, p, s, step), so it does not change when N or the
     batch changes. The cache is sized from the request; a request over `cache_budget_bytes` (default: free device
     memory, or half the host RAM) is refused before any compute.
     """
     vocab_size = model.config.vocab_size if vocab_size is None else vocab_size
     arrays = _validate(model, prompts, num_samples, max_new_tokens, vocab_size)
+    attention.check_layers(model.config.num_hidden_layers)
     lengths = [a.size for a in arrays]
     prompt_len = _bucket(max(lengths), 16)
-    plan = CachePlan.for_request(lengths, num_samples, max_new_tokens, page_size, pad_pages_to=64,
+    plan = CachePlan.for_request(lengths, num_samples, max_new_tokens, attention.block_size,
+                                 page_offset=attention.page_offset, pad_pages_to=64,
                                  pad_prefill_to=_bucket(sum(lengths) * num_samples))
-    need, budget = plan.bytes(model.config, model.dtype, minmax=False), cache_budget_bytes or _memory_budget()
+    need = plan.bytes(model.config, model.dtype, minmax=attention.uses_minmax)
+    budget = cache_budget_bytes or _memory_budget()
     if need > budget:
         raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache ({len(arrays)} prompts x {num_samples} "
                          f"samples, {max(lengths)} + {max_new_tokens} tokens) but the budget is "
@@ -260,12 +269,12 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     for i, a in enumerate(arrays):
         padded[i, :a.size] = a
     graphdef, state = nnx.split(model)
-    static = _Static(graphdef, sampling, attention, num_samples, _bucket(max_new_tokens), plan.num_pages, page_size,
+    static = _Static(graphdef, sampling, attention, num_samples, _bucket(max_new_tokens), plan.num_pages,
                      tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
     scatter = np.stack([plan.prefill_page, plan.prefill_slot, plan.prefill_prompt, plan.prefill_token])
     tokens, generated, reason, attended, steps = _generate_jit(
         static, state, jnp.asarray(padded), jnp.asarray(lengths, jnp.int32), jnp.asarray(table),
-        jnp.asarray(scatter), jnp.int32(max_new_tokens), jnp.int32(seed))
+        jnp.asarray(plan.shared_pages_per_prompt), jnp.asarray(scatter), jnp.int32(max_new_tokens), jnp.int32(seed))
     shape = (len(arrays), num_samples)
     return GenerationResult(
         tokens=np.asarray(tokens)[:, :max_new_tokens].reshape(shape + (max_new_tokens,)),

@@ -1,0 +1,87 @@
+"""Public page-list flash decode ops; the one place that picks an implementation.
+
+Shapes (see reference.py for the full semantics):
+  q [R, Hkv, rows, D]; k_cache, v_cache [L, Hkv, P, page_size, D] (q's dtype); layer int32 scalar;
+  pages, lo, hi int32 [R, Hkv, S]; count int32 [R, Hkv].
+
+implementation: "triton" (GPU), "mosaic" (TPU), "xla" (the jnp reference), or None to choose from
+jax.default_backend(): gpu -> triton, tpu -> mosaic, cpu -> triton in interpret mode. `interpret` runs an
+explicitly named Pallas implementation in interpret mode (how the tests run both kernels on CPU).
+A Mosaic-GPU kernel would be one more entry in _IMPLEMENTATIONS.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.paged_decode import mosaic_tpu, reference, triton
+
+
+def _xla(*args: jax.Array, num_splits: int, interpret: bool) -> tuple[jax.Array, jax.Array]:
+    """The jnp reference; `interpret` has no meaning for it."""
+    del interpret
+    return reference.paged_decode_partials(*args, num_splits=num_splits)
+
+
+_IMPLEMENTATIONS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
+    "triton": triton.paged_decode_partials,
+    "mosaic": mosaic_tpu.paged_decode_partials,
+    "xla": _xla,
+}
+_DEFAULT_FOR_BACKEND = {"gpu": "triton", "tpu": "mosaic", "cpu": "triton"}  # cpu: in interpret mode
+
+
+def _resolve(implementation: str | None, interpret: bool) -> tuple[str, bool]:
+    """(implementation name, interpret flag) after applying the backend default."""
+    if implementation is None:
+        backend = jax.default_backend()
+        if backend not in _DEFAULT_FOR_BACKEND:
+            raise ValueError(f"no paged decode implementation for backend {backend!r}")
+        return _DEFAULT_FOR_BACKEND[backend], interpret or backend == "cpu"
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; expected one of {sorted(_IMPLEMENTATIONS)}")
+    return implementation, interpret
+
+
+def paged_decode_partials(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, layer: jax.Array,
+                          pages: jax.Array, lo: jax.Array, hi: jax.Array, count: jax.Array, *,
+                          num_splits: int, implementation: str | None = None,
+                          interpret: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Per-split partials (o float32 [R, Hkv, num_splits, rows, D], lse float32 [R, Hkv, num_splits, rows]).
+
+    Split s covers list entries [s*c, min((s+1)*c, count)) with c = ceil(count / num_splits); an empty split
+    gives o = 0 and lse = -inf.
+    """
+    name, interpret = _resolve(implementation, interpret)
+    layer, pages, lo, hi, count = (jnp.asarray(a, jnp.int32) for a in (layer, pages, lo, hi, count))
+    return _IMPLEMENTATIONS[name](q, k_cache, v_cache, layer, pages, lo, hi, count, num_splits=num_splits,
+                                  interpret=interpret)
+
+
+def merge_partials(o: jax.Array, lse: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """Log-sum-exp combine of partials along `axis`: (out float32, lse float32), with `axis` removed.
+
+    o is [..., D] with lse's shape plus a trailing D; `axis` indexes lse (negative counts from its end) and the
+    same leading axis of o. Partials with lse = -inf are ignored; if all are, out = 0 and lse = -inf (no NaN).
+    """
+    axis = axis % lse.ndim
+    m = jnp.max(lse, axis=axis, keepdims=True)
+    m_safe = jnp.where(m == -jnp.inf, 0.0, m)
+    w = jnp.exp(lse - m_safe)                                        # 0 for empty partials
+    total = jnp.sum(w, axis=axis)
+    out = jnp.sum(w[..., None] * o.astype(jnp.float32), axis=axis) / jnp.where(total > 0, total, 1.0)[..., None]
+    return out, jnp.squeeze(m_safe, axis) + jnp.log(total)
+
+
+@functools.partial(jax.jit, static_argnames=("num_splits", "implementation", "interpret"))
+def paged_decode(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, layer: jax.Array, pages: jax.Array,
+                 lo: jax.Array, hi: jax.Array, count: jax.Array, *, num_splits: int = 1,
+                 implementation: str | None = None, interpret: bool = False) -> jax.Array:
+    """Attention output [R, Hkv, rows, D] in q's dtype: the merge of the split partials (0 if no tokens)."""
+    o, lse = paged_decode_partials(q, k_cache, v_cache, layer, pages, lo, hi, count, num_splits=num_splits,
+                                   implementation=implementation, interpret=interpret)
+    return merge_partials(o, lse, axis=2)[0].astype(q.dtype)

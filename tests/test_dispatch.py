@@ -1,0 +1,121 @@
+"""sparse_decode (both backends) and the engine's decode_attention (dense, cascade) against float64 policies."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import policy_numpy
+from kinetics_jax import Qwen3Config
+from kinetics_jax.attention import AttentionConfig, decode_attention, sparse_decode
+from kinetics_jax.cache import CachePlan, KVCache
+
+BLOCK = AttentionConfig(kind="block_topk", sink=4, local=0, block_size=16, block_topk=2)
+CASES = [
+    (AttentionConfig(), [1, 2, 4, 8]),
+    (BLOCK, [1, 2, 4, 8]),
+    (AttentionConfig(kind="block_topk", sink=7, local=5, block_size=16, block_topk=3, score="quest"), [4]),
+    (AttentionConfig(kind="sliding_window", sink=4, local=21), [2]),
+    (AttentionConfig(kind="topk", sink=4, local=3, topk=20), [2]),
+]
+
+
+def _numpy_kwargs(config: AttentionConfig) -> dict:
+    kw = {key: value for key, value in dataclasses.asdict(config).items() if value is not None}
+    return {key: value for key, value in kw.items() if key not in ("dense_layers", "backend")}
+
+
+def _inputs(seed: int, group: int, dtype, t: int = 101, hkv: int = 2, d: int = 32):
+    rng = np.random.default_rng(seed)
+    lengths = np.array([t, 70, 37, 3], np.int32)  # not multiples of 16; one below every activation threshold
+    q = rng.normal(size=(4, hkv * group, d)).astype(np.float32)
+    k, v = (rng.normal(size=(4, t, hkv, d)).astype(np.float32) for _ in range(2))
+    for b, n in enumerate(lengths):  # poison: tokens past a sequence's length must never be read
+        k[b, n:], v[b, n:] = np.nan, np.nan
+    return [jnp.asarray(a, dtype) for a in (q, k, v)] + [jnp.asarray(lengths)], (q, k, v, lengths)
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
+@pytest.mark.parametrize("config,groups", CASES, ids=[c.describe() for c, _ in CASES])
+def test_sparse_decode_float32_matches_float64_policy(config, groups, backend):
+    if config.kind == "topk" and backend == "pallas":
+        pytest.skip("the oracle top-k has no kernel (AttentionConfig refuses it)")
+    for group in groups:
+        args, (q, k, v, lengths) = _inputs(group, group, jnp.float32)
+        out = np.asarray(sparse_decode(*args, config, backend=backend))
+        assert np.isfinite(out).all()
+        for b, n in enumerate(lengths):
+            kept = policy_numpy.keep(q[b], np.nan_to_num(k[b]), int(n), **_numpy_kwargs(config))
+            expect = policy_numpy.attend(q[b], k[b], v[b], kept)
+            # float32 scores / online softmax over <= 101 tokens vs float64: relative error ~1e-6.
+            np.testing.assert_allclose(out[b], expect, rtol=1e-5, atol=1e-5, err_msg=f"group {group}, seq {b}")
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
+def test_sparse_decode_bfloat16(backend):
+    args, (q, k, v, lengths) = _inputs(5, 4, jnp.bfloat16)
+    out = np.asarray(sparse_decode(*args, BLOCK, backend=backend).astype(jnp.float32))
+    q, k, v = (np.asarray(a.astype(jnp.float32)) for a in args[:3])  # the bf16-rounded inputs, in float64
+    for b, n in enumerate(lengths):
+        kept = policy_numpy.keep(q[b], np.nan_to_num(k[b]), int(n), **_numpy_kwargs(BLOCK))
+        # bf16 keeps 8 mantissa bits: probabilities and the output are rounded to ~2^-8 = 0.4% of their size,
+        # on outputs of magnitude <= ~1 (averages of unit normals): atol 2e-2 covers a few roundings.
+        np.testing.assert_allclose(out[b], policy_numpy.attend(q[b], k[b], v[b], kept), atol=2e-2)
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
+def test_budget_covering_the_sequence_equals_dense(backend):
+    args, _ = _inputs(7, 2, jnp.float32)
+    dense = sparse_decode(*args, AttentionConfig(), backend=backend)
+    for config in (dataclasses.replace(BLOCK, block_topk=7), AttentionConfig(kind="sliding_window", local=97)):
+        np.testing.assert_allclose(np.asarray(sparse_decode(*args, config, backend=backend)), np.asarray(dense),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def _filled_cache(lengths: list[int], num_samples: int, new: int, config: Qwen3Config, offset: int):
+    """A cache laid out by CachePlan for a request, filled with random K/V for every stored position, and the
+    contiguous K/V of each sequence. Pages the plan does not use hold NaN."""
+    plan = CachePlan.for_request(lengths, num_samples, new, 16, page_offset=offset)
+    rng = np.random.default_rng(0)
+    hkv, d, layers = config.num_key_value_heads, config.head_dim, config.num_hidden_layers
+    shape = (layers, hkv, plan.num_pages, 16, d)
+    k, v = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+    b = len(lengths) * num_samples
+    total = max(lengths) + new
+    ck, cv = (rng.normal(size=(layers, b, total, hkv, d)).astype(np.float32) for _ in range(2))
+    for s in range(b):
+        p = s // num_samples
+        if s % num_samples:  # samples share their prompt: the shared tokens are the first sample's
+            ck[:, s, :lengths[p]], cv[:, s, :lengths[p]] = ck[:, s - 1, :lengths[p]], cv[:, s - 1, :lengths[p]]
+        for t in range(lengths[p] + new - 1):
+            page, slot = plan.page_table[s, (t + offset) // 16], (t + offset) % 16
+            k[:, :, page, slot], v[:, :, page, slot] = ck[:, s, t], cv[:, s, t]
+    cache = KVCache(jnp.asarray(k), jnp.asarray(v), jnp.zeros(shape[:3] + (d,)), None, None)
+    return plan, cache, ck, cv
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_decode_attention_dense_and_cascade_pallas(num_samples):
+    """Dense Pallas decode (the cascade when samples share prompt pages) on a CachePlan cache, layer 1."""
+    config = Qwen3Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=32)
+    prompt_lengths, new = [37, 16, 5], 30
+    plan, cache, ck, cv = _filled_cache(prompt_lengths, num_samples, new, config, offset=0)
+    b = len(prompt_lengths) * num_samples
+    lengths = np.repeat(prompt_lengths, num_samples) + np.arange(b) % 7 + 1  # mid-decode, different per sample
+    q = np.random.default_rng(1).normal(size=(b, 8, 32)).astype(np.float32)
+    fn = jax.jit(decode_attention, static_argnames=("config", "page_offset", "num_samples"))
+    out, attended = fn(jnp.asarray(q), cache, jnp.int32(1), jnp.asarray(plan.page_table), jnp.asarray(lengths),
+                       AttentionConfig(backend="pallas"), page_offset=0, num_samples=num_samples,
+                       shared_pages=jnp.asarray(plan.shared_pages_per_prompt))
+    np.testing.assert_array_equal(np.asarray(attended), lengths)
+    for s in range(b):
+        kept = np.zeros((2, ck.shape[2]), bool)
+        kept[:, :lengths[s]] = True
+        # float32 vs float64 over <= 44 tokens; the cascade merges two partial softmaxes by log-sum-exp.
+        np.testing.assert_allclose(np.asarray(out[s]), policy_numpy.attend(q[s], ck[1, s], cv[1, s], kept),
+                                   rtol=1e-5, atol=1e-5)

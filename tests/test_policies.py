@@ -1,0 +1,54 @@
+"""AttentionConfig: defaults, derived numbers, and validation that names the bad field."""
+
+from __future__ import annotations
+
+import pytest
+
+from kinetics_jax import AttentionConfig
+
+
+def test_defaults_and_budgets():
+    assert AttentionConfig() == AttentionConfig(kind="dense", sink=4, local=0, block_size=16, dense_layers=(0,),
+                                                backend="xla")
+    block = AttentionConfig(kind="block_topk", block_topk=64)
+    assert block.score == "mean" and block.budget == 4 + 16 * 64
+    assert block.page_offset == 12  # sink 4 fills the last 4 slots of the first page: blocks are whole pages
+    assert AttentionConfig(kind="block_topk", sink=20, block_topk=1).page_offset == 12
+    assert AttentionConfig(kind="block_topk", sink=32, block_topk=1).page_offset == 0
+    assert AttentionConfig(kind="topk", topk=100, local=28).budget == 132
+    assert AttentionConfig(kind="sliding_window", local=60).budget == 64
+    assert AttentionConfig(kind="sliding_window", local=60).page_offset == 0
+    assert AttentionConfig(kind="block_topk", block_topk=2, score="quest").uses_minmax
+    assert AttentionConfig(dense_layers=[0, 3]).dense_layers == (0, 3)
+    hash(AttentionConfig(kind="block_topk", block_topk=2))  # a static jit argument
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(kind="sparse"), "kind"),
+    (dict(backend="cuda"), "backend"),
+    (dict(kind="topk", topk=0), "topk"),
+    (dict(kind="topk"), "topk"),
+    (dict(kind="block_topk", block_topk=0), "block_topk"),
+    (dict(kind="block_topk", block_topk=4, block_size=24), "block_size"),
+    (dict(kind="block_topk", block_topk=4, block_size=0), "block_size"),
+    (dict(kind="block_topk", block_topk=4, score="max"), "score"),
+    (dict(kind="sliding_window"), "local"),
+    (dict(kind="sliding_window", local=8, topk=3), "topk"),
+    (dict(kind="topk", topk=8, block_topk=3), "block_topk"),
+    (dict(kind="topk", topk=8, score="mean"), "score"),
+    (dict(kind="dense", sink=8), "sink"),
+    (dict(kind="block_topk", block_topk=4, sink=-1), "sink"),
+    (dict(dense_layers=(0, 0)), "dense_layers"),
+    (dict(dense_layers=(-1,)), "dense_layers"),
+    (dict(kind="topk", topk=8, backend="pallas"), "backend"),
+    (dict(kind="block_topk", block_topk=8, block_size=8, backend="pallas"), "block_size"),
+])
+def test_bad_fields_are_named(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        AttentionConfig(**kwargs)
+
+
+def test_dense_layers_checked_against_the_model():
+    AttentionConfig(dense_layers=(0, 3)).check_layers(4)
+    with pytest.raises(ValueError, match="dense_layers has layer 4"):
+        AttentionConfig(dense_layers=(0, 4)).check_layers(4)
