@@ -1,7 +1,8 @@
 """Samples continuations of prompts with a Qwen3 checkpoint (Best-of-N or long chain of thought).
 
     python scripts/generate.py --checkpoint=ckpt/qwen3-0.6b --prompt="What is 17 * 23?" --num_samples=8 \
-        --max_new_tokens=2048 --output=runs/samples.jsonl
+        --max_new_tokens=2048 --output=runs/samples.jsonl [--attention=block_topk --block_topk=64 \
+        --attention_backend=pallas]
 
 With no --checkpoint it runs on the embedded tiny checkpoint (random weights: the text is meaningless).
 --checkpoint takes the project's orbax format or a Hugging Face directory. Prompts are wrapped in the model's
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 import kinetics_jax as kj
+from kinetics_jax.attention import flags as attention_flags
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
                         "tiny-random-qwen3")
@@ -43,7 +45,7 @@ _TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus mass in (0, 1] (1: off).")
 _TOP_K = flags.DEFINE_integer("top_k", 20, "Top-k (0: off).", lower_bound=0)
 _MIN_P = flags.DEFINE_float("min_p", 0.0, "Min-p in [0, 1) (0: off).")
 _REPETITION = flags.DEFINE_bool("repetition_stop", False, "Stop samples that loop (Kinetics rule).")
-_ATTENTION = flags.DEFINE_enum("attention", "dense", ["dense"], "Decode attention policy.")
+attention_flags.define_flags()
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute and parameter dtype.")
 _OUTPUT = flags.DEFINE_string("output", None, "jsonl to write (default: log the texts only).")
@@ -82,6 +84,7 @@ def main(argv: list[str]) -> int:
     try:
         sampling = kj.SamplingConfig(temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
                                      min_p=_MIN_P.value)
+        attention = attention_flags.config_from_flags()
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     texts = _read_prompts()
@@ -95,7 +98,7 @@ def main(argv: list[str]) -> int:
     for first in tqdm(batches, desc="prompts", unit="batch"):
         result = kj.generate(model, ids[first:first + _BATCH.value], num_samples=_NUM_SAMPLES.value,
                              max_new_tokens=_MAX_NEW.value, sampling=sampling,
-                             attention=kj.AttentionConfig(kind=_ATTENTION.value), seed=_SEED.value,
+                             attention=attention, seed=_SEED.value,
                              eos_token_ids=tokenizer.eos_token_ids, vocab_size=tokenizer.vocab_size,
                              repetition=kj.RepetitionStop() if _REPETITION.value else None)
         generated += int(result.lengths.sum())

@@ -1,4 +1,4 @@
-"""scripts/benchmark_decode.py runs and prints its comparison table (tiny sizes; the numbers are not checked)."""
+"""scripts/benchmark_decode.py runs each mode and prints its table (tiny sizes; the numbers are not checked)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,41 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_prints_a_table_for_each_batch():
+def _run(*flags: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_decode.py"), "--batch=1,2",
-                             "--prompt_len=8", "--new_tokens=4", "--repeats=1", "--layers=1"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_decode.py"), "--repeats=1",
+                           "--shape=tiny", *flags], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _rows(stdout: str) -> list[list[str]]:
+    return [[c.strip() for c in line.split("|")] for line in stdout.strip().splitlines() if line.count("|") >= 3]
+
+
+def test_transformers_mode_prints_a_row_per_batch():
+    result = _run("--mode=transformers", "--batch=1,2", "--prompt_len=8", "--new_tokens=4", "--layers=1",
+                  "--dtype=float32")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert "kinetics_jax tok/s" in lines[-3] and "transformers tok/s" in lines[-3]
-    for line, batch in zip(lines[-2:], (1, 2)):
-        cells = [c.strip() for c in line.split("|")]
+    header, *rows = _rows(result.stdout)
+    assert header[1:3] == ["kinetics_jax tok/s", "transformers tok/s"]
+    for cells, batch in zip(rows, (1, 2), strict=True):
         assert int(cells[0]) == batch and float(cells[1]) > 0 and float(cells[2]) > 0 and cells[3].endswith("x")
+
+
+def test_attention_and_model_modes_time_xla_and_mark_pallas_unmeasured_on_cpu():
+    for mode in ("attention", "model"):
+        result = _run(f"--mode={mode}", "--layers=2", "--context=64,96", "--batch=2", "--steps=2",
+                      "--attention=dense-xla,block_topk-xla-32,dense-pallas", "--dtype=float32")
+        assert result.returncode == 0, result.stderr
+        header, *rows = _rows(result.stdout)
+        assert header[:3] == ["context", "batch", "variant"]
+        assert len(rows) == 6
+        for cells in rows:
+            if cells[2] == "dense-pallas":
+                assert cells[3].startswith("not measured")
+            else:
+                assert float(cells[3]) > 0 and float(cells[4]) > 0 and cells[5].endswith("x")
+
+
+def test_unknown_variant_is_refused():
+    result = _run("--attention=block_topk-xla-30", "--context=64", "--batch=1")
+    assert result.returncode != 0 and "multiple of 16" in result.stderr

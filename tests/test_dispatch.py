@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import policy_numpy
+from lowering import MARKERS, export_mlir
 from kinetics_jax import Qwen3Config
 from kinetics_jax.attention import AttentionConfig, decode_attention, sparse_decode
 from kinetics_jax.cache import CachePlan, KVCache
@@ -39,11 +40,14 @@ def _inputs(seed: int, group: int, dtype, t: int = 101, hkv: int = 2, d: int = 3
     return [jnp.asarray(a, dtype) for a in (q, k, v)] + [jnp.asarray(lengths)], (q, k, v, lengths)
 
 
-@pytest.mark.parametrize("backend", ["xla", "pallas"])
-@pytest.mark.parametrize("config,groups", CASES, ids=[c.describe() for c, _ in CASES])
+# every case on both backends, except the oracle top-k: it has no kernel (AttentionConfig refuses it)
+BACKEND_CASES = [(config, groups, backend) for config, groups in CASES for backend in ("xla", "pallas")
+                 if not (config.kind == "topk" and backend == "pallas")]
+
+
+@pytest.mark.parametrize("config,groups,backend", BACKEND_CASES,
+                         ids=[f"{c.describe()}-{b}" for c, _, b in BACKEND_CASES])
 def test_sparse_decode_float32_matches_float64_policy(config, groups, backend):
-    if config.kind == "topk" and backend == "pallas":
-        pytest.skip("the oracle top-k has no kernel (AttentionConfig refuses it)")
     for group in groups:
         args, (q, k, v, lengths) = _inputs(group, group, jnp.float32)
         out = np.asarray(sparse_decode(*args, config, backend=backend))
@@ -119,3 +123,30 @@ def test_decode_attention_dense_and_cascade_pallas(num_samples):
         # float32 vs float64 over <= 44 tokens; the cascade merges two partial softmaxes by log-sum-exp.
         np.testing.assert_allclose(np.asarray(out[s]), policy_numpy.attend(q[s], ck[1, s], cv[1, s], kept),
                                    rtol=1e-5, atol=1e-5)
+
+
+# Qwen3-8B decode shapes: Hq 32, Hkv 8, head_dim 128, bf16; 8 sequences of up to 4096 tokens, 2 layers.
+def _abstract_decode_args(batch: int = 8, width: int = 257):
+    sds = jax.ShapeDtypeStruct
+    pool = (2, 8, batch * width + 1, 16, 128)
+    cache = KVCache(sds(pool, jnp.bfloat16), sds(pool, jnp.bfloat16), sds(pool[:3] + (128,), jnp.float32),
+                    None, None)
+    return (sds((batch, 32, 128), jnp.bfloat16), cache, sds((), jnp.int32), sds((batch, width), jnp.int32),
+            sds((batch,), jnp.int32), sds((2,), jnp.int32))
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize("config,num_samples", [
+    (dataclasses.replace(BLOCK, block_topk=64, backend="pallas"), 1),  # budget 1024, layer 0 dense
+    (AttentionConfig(backend="pallas"), 4),                             # cascade: 2 prompts x 4 samples
+], ids=["block_topk", "cascade"])
+def test_decode_attention_lowers_with_the_platform_kernel(platform, config, num_samples):
+    """The engine's decode attention (XLA selection + kernels) exported for GPU / TPU picks that platform's
+    kernel (lax.platform_dependent), not the CPU interpret path."""
+    def fn(q, cache, layer, table, lengths, shared):
+        return decode_attention(q, cache, layer, table, lengths, config, page_offset=config.page_offset,
+                                num_samples=num_samples, shared_pages=shared)
+
+    text = export_mlir(fn, platform, *_abstract_decode_args())
+    assert MARKERS[platform] in text
+    assert "interpret" not in text.lower()

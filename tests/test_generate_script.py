@@ -40,3 +40,15 @@ def test_bad_flags_exit_nonzero(tmp_path):
     assert _run("--prompt=hi", "--max_new_tokens=0").returncode != 0
     no_prompt = _run()
     assert no_prompt.returncode != 0 and "--prompt" in no_prompt.stderr
+
+
+def test_sparse_attention_flags(tmp_path):
+    out = tmp_path / "sparse.jsonl"
+    result = _run("--prompt=Count to ten.", "--max_new_tokens=40", "--temperature=0", "--attention=block_topk",
+                  "--block_topk=1", "--attention_backend=pallas", f"--output={out}")
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_text().splitlines()) == 1
+    bad = _run("--prompt=hi", "--attention=block_topk")  # no budget
+    assert bad.returncode != 0 and "block_topk" in bad.stderr
+    bad = _run("--prompt=hi", "--attention=sliding_window", "--local=8", "--topk=3")
+    assert bad.returncode != 0 and "topk" in bad.stderr

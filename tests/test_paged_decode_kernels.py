@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lowering import export_mlir
 from pallas_kernels.paged_decode import merge_partials, mosaic_tpu, paged_decode, paged_decode_partials, triton
 
 # jax 0.11 warns that Pallas Triton is deprecated (for Mosaic GPU); the project keeps it on purpose.
@@ -251,19 +252,13 @@ def _abstract_args(rows: int, page_size: int, dtype=jnp.bfloat16) -> list[jax.Sh
 
 
 def _export_cuda(rows: int, page_size: int, num_splits: int = 4) -> str:
-    """StableHLO text of paged_decode exported for CUDA with the Triton kernel. jax 0.11 wants a GPU to
-    lower Triton for, so name an abstract H100."""
-    h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
-    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
-        fn = jax.jit(functools.partial(paged_decode, implementation="triton", num_splits=num_splits))
-        exported = jax.export.export(fn, platforms=["cuda"], disabled_checks=[
-            jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*_abstract_args(rows, page_size))
-    return exported.mlir_module()
+    fn = functools.partial(paged_decode, implementation="triton", num_splits=num_splits)
+    return export_mlir(fn, "cuda", *_abstract_args(rows, page_size))
 
 
 def _export_tpu(rows: int, page_size: int, num_splits: int = 4, dtype=jnp.bfloat16) -> str:
-    fn = jax.jit(functools.partial(paged_decode, implementation="mosaic", num_splits=num_splits))
-    return jax.export.export(fn, platforms=["tpu"])(*_abstract_args(rows, page_size, dtype)).mlir_module()
+    fn = functools.partial(paged_decode, implementation="mosaic", num_splits=num_splits)
+    return export_mlir(fn, "tpu", *_abstract_args(rows, page_size, dtype))
 
 
 @pytest.mark.parametrize("rows,page_size", LOWERING_SHAPES)

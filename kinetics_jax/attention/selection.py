@@ -35,16 +35,18 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def from_windows(page_table: jax.Array, index: jax.Array, win_lo: jax.Array, win_hi: jax.Array, page_size: int
-                 ) -> PageList:
+def from_windows(page_table: jax.Array, index: jax.Array, win_lo: jax.Array, win_hi: jax.Array, page_size: int,
+                 *, compact: bool = True) -> PageList:
     """Entries at page-table positions index int32[R, Hkv, S], each attending the part of the virtual window
-    [win_lo, win_hi) (int32, broadcastable to index) that falls in its page. page_table: int32[R, M]."""
+    [win_lo, win_hi) (int32, broadcastable to index) that falls in its page. page_table: int32[R, M].
+    compact: move the entries that attend nothing behind the others (False when they already are)."""
     start = index * page_size
     lo = jnp.clip(win_lo - start, 0, page_size)
     hi = jnp.maximum(jnp.clip(win_hi - start, 0, page_size), lo)
     valid = hi > lo
-    order = jnp.argsort(~valid, axis=-1, stable=True)  # valid entries first, in their order
-    index, lo, hi, valid = (jnp.take_along_axis(a, order, axis=-1) for a in (index, lo, hi, valid))
+    if compact:
+        order = jnp.argsort(~valid, axis=-1, stable=True)  # valid entries first, in their order
+        index, lo, hi, valid = (jnp.take_along_axis(a, order, axis=-1) for a in (index, lo, hi, valid))
     width = page_table.shape[1]
     pages = jnp.take_along_axis(page_table[:, None, :], jnp.clip(index, 0, width - 1), axis=-1)
     zero = jnp.zeros_like(lo)
@@ -55,11 +57,14 @@ def from_windows(page_table: jax.Array, index: jax.Array, win_lo: jax.Array, win
 def dense_pages(page_table: jax.Array, lengths: jax.Array, num_kv_heads: int, page_size: int, page_offset: int,
                 first_token: jax.Array | None = None) -> PageList:
     """Every cached token of each sequence (from virtual index `first_token`, default page_offset: the cascade
-    passes the end of the shared pages). page_table int32[R, M], lengths int32[R]."""
+    passes the end of the shared pages). page_table int32[R, M], lengths int32[R]. The tokens are one run of
+    consecutive entries, listed from the first, so no compaction is needed."""
     rows, width = page_table.shape
-    index = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (rows, num_kv_heads, width))
-    lo = page_offset if first_token is None else first_token[:, None, None]
-    return from_windows(page_table, index, lo, (lengths + page_offset)[:, None, None], page_size)
+    lo = jnp.full((rows,), page_offset, jnp.int32) if first_token is None else first_token
+    index = (lo // page_size)[:, None, None] + jnp.arange(width, dtype=jnp.int32)
+    index = jnp.broadcast_to(index, (rows, num_kv_heads, width))
+    return from_windows(page_table, index, lo[:, None, None], (lengths + page_offset)[:, None, None], page_size,
+                        compact=False)
 
 
 def sliding_window_pages(page_table: jax.Array, lengths: jax.Array, num_kv_heads: int, config: AttentionConfig

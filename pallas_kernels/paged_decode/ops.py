@@ -4,9 +4,9 @@ Shapes (see reference.py for the full semantics):
   q [R, Hkv, rows, D]; k_cache, v_cache [L, Hkv, P, page_size, D] (q's dtype); layer int32 scalar;
   pages, lo, hi int32 [R, Hkv, S]; count int32 [R, Hkv].
 
-implementation: "triton" (GPU), "mosaic" (TPU), "xla" (the jnp reference), or None to choose from
-jax.default_backend(): gpu -> triton, tpu -> mosaic, cpu -> triton in interpret mode. `interpret` runs an
-explicitly named Pallas implementation in interpret mode (how the tests run both kernels on CPU).
+implementation: "triton" (GPU), "mosaic" (TPU), "xla" (the jnp reference), or None to choose per lowering
+platform: cuda -> triton, tpu -> mosaic, cpu -> triton in interpret mode. `interpret` runs an explicitly
+named Pallas implementation in interpret mode (how the tests run both kernels on CPU).
 A Mosaic-GPU kernel would be one more entry in _IMPLEMENTATIONS.
 """
 
@@ -32,19 +32,6 @@ _IMPLEMENTATIONS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
     "mosaic": mosaic_tpu.paged_decode_partials,
     "xla": _xla,
 }
-_DEFAULT_FOR_BACKEND = {"gpu": "triton", "tpu": "mosaic", "cpu": "triton"}  # cpu: in interpret mode
-
-
-def _resolve(implementation: str | None, interpret: bool) -> tuple[str, bool]:
-    """(implementation name, interpret flag) after applying the backend default."""
-    if implementation is None:
-        backend = jax.default_backend()
-        if backend not in _DEFAULT_FOR_BACKEND:
-            raise ValueError(f"no paged decode implementation for backend {backend!r}")
-        return _DEFAULT_FOR_BACKEND[backend], interpret or backend == "cpu"
-    if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(f"unknown implementation {implementation!r}; expected one of {sorted(_IMPLEMENTATIONS)}")
-    return implementation, interpret
 
 
 def paged_decode_partials(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, layer: jax.Array,
@@ -54,12 +41,19 @@ def paged_decode_partials(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, 
     """Per-split partials (o float32 [R, Hkv, num_splits, rows, D], lse float32 [R, Hkv, num_splits, rows]).
 
     Split s covers list entries [s*c, min((s+1)*c, count)) with c = ceil(count / num_splits); an empty split
-    gives o = 0 and lse = -inf.
+    gives o = 0 and lse = -inf. implementation None lowers per target platform (lax.platform_dependent), so
+    a function exported for several platforms carries each platform's kernel.
     """
-    name, interpret = _resolve(implementation, interpret)
-    layer, pages, lo, hi, count = (jnp.asarray(a, jnp.int32) for a in (layer, pages, lo, hi, count))
-    return _IMPLEMENTATIONS[name](q, k_cache, v_cache, layer, pages, lo, hi, count, num_splits=num_splits,
-                                  interpret=interpret)
+    args = tuple(jnp.asarray(a, jnp.int32) if i >= 3 else a
+                 for i, a in enumerate((q, k_cache, v_cache, layer, pages, lo, hi, count)))
+    if implementation is None:
+        branch = lambda name, interp: functools.partial(_IMPLEMENTATIONS[name], num_splits=num_splits,
+                                                        interpret=interp)
+        return jax.lax.platform_dependent(*args, cpu=branch("triton", True), cuda=branch("triton", interpret),
+                                          tpu=branch("mosaic", interpret))
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; expected one of {sorted(_IMPLEMENTATIONS)}")
+    return _IMPLEMENTATIONS[implementation](*args, num_splits=num_splits, interpret=interpret)
 
 
 def merge_partials(o: jax.Array, lse: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
