@@ -7,12 +7,14 @@
 With no --checkpoint it runs on the embedded tiny checkpoint (random weights: the text is meaningless).
 --checkpoint takes the project's orbax format or a Hugging Face directory. Prompts are wrapped in the model's
 chat template (thinking on by default) when its tokenizer has one. Each output line is one (prompt, sample):
-{"prompt_index", "sample_index", "prompt", "text", "token_ids", "length", "finish_reason"}; the file is written
-to a temporary path and renamed when complete.
+{"prompt_index", "sample_index", "prompt", "prompt_length", "text", "token_ids", "length", "finish_reason",
+"attention"} (prompt_length in tokens, chat template included; attention: the AttentionConfig fields); the file
+is written to a temporary path and renamed when complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -106,8 +108,10 @@ def main(argv: list[str]) -> int:
             for s in range(result.tokens.shape[1]):
                 tokens = result.sequences(p, s)
                 records.append({"prompt_index": first + p, "sample_index": s, "prompt": texts[first + p],
+                                "prompt_length": int(result.prompt_lengths[p]),
                                 "text": tokenizer.decode(tokens, skip_special_tokens=True), "token_ids": tokens,
-                                "length": len(tokens), "finish_reason": str(result.finish_reasons[p, s])})
+                                "length": len(tokens), "finish_reason": str(result.finish_reasons[p, s]),
+                                "attention": dataclasses.asdict(attention)})
     seconds = time.perf_counter() - start
     logging.info("generated %d tokens in %.2f s (%.1f tokens/s, compilation included)", generated, seconds,
                  generated / seconds)

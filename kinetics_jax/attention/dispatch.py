@@ -6,7 +6,9 @@
   and N > 1 samples per prompt they use the shared-prefix (cascade) form: the N samples' queries read the
   shared prompt pages together, once per step, and their own pages separately; the two partial softmaxes are
   merged by log-sum-exp.
-- block_topk and sliding_window build a `PageList` in XLA (selection.py) and read only those pages.
+- block_topk and sliding_window build a `PageList` in XLA (selection.py) and read only those pages. While every
+  sequence is below the policy's activation threshold the step is dense: nothing is scored, and the cascade
+  reads shared prompt pages once.
 - topk is the oracle: it scores every cached key, so it always runs in XLA on the gathered pages.
 
 `sparse_decode` is the same thing for contiguous K/V [B, T, Hkv, D], for users and tests without a cache.
@@ -100,6 +102,13 @@ def _tokens(pool: jax.Array, layer: jax.Array, page_table: jax.Array) -> jax.Arr
     return pages.transpose(0, 1, 3, 2, 4).reshape(b, m * ps, hkv, d)
 
 
+def _inactive(lengths: jax.Array, config: AttentionConfig) -> jax.Array:
+    """bool[B]: the policy attends every cached token (it is below its activation threshold)."""
+    if config.kind == "block_topk":
+        return jnp.maximum(lengths - config.local - config.sink, 0) // config.block_size <= config.block_topk
+    return lengths <= config.budget
+
+
 def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
                      config: AttentionConfig, *, page_offset: int, num_samples: int = 1,
                      shared_pages: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -129,11 +138,18 @@ def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
             pages = selection.block_topk_pages(q, cache, layer, page_table, lengths, config)
         return _read(q, cache, layer, pages, config), pages.tokens()[:, 0]
 
+    def policy(q):
+        if config.kind == "topk":
+            return sparse(q)
+        # Below its threshold a policy is dense: while no sequence is past it, skip the selection (no block is
+        # scored) and read densely, through the cascade when samples share prompt pages.
+        return jax.lax.cond(jnp.all(_inactive(lengths, config)), dense, sparse, q)
+
     if not config.sparse:
         return dense(q)
     if not config.dense_layers:
-        return sparse(q)
-    return jax.lax.cond(jnp.isin(layer, jnp.asarray(config.dense_layers)), dense, sparse, q)
+        return policy(q)
+    return jax.lax.cond(jnp.isin(layer, jnp.asarray(config.dense_layers)), dense, policy, q)
 
 
 def sparse_decode(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, config: AttentionConfig,

@@ -118,7 +118,10 @@ def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
     parts = [jnp.broadcast_to(jnp.arange(sink_pages, dtype=jnp.int32), (rows, hkv, sink_pages))]
     chosen = min(config.block_topk, candidates)
     if chosen:
-        scores = block_scores(q, cache, layer, page_table[:, sink_pages:], config.score)
+        # Only the n_full real candidates are read; the rest point at the null page (one cached line).
+        real = jnp.arange(candidates) < n_full[:, 0]
+        scores = block_scores(q, cache, layer, jnp.where(real, page_table[:, sink_pages:], NULL_PAGE),
+                              config.score)
         scores = jnp.where(jnp.arange(candidates) < n_full, scores, -jnp.inf)
         _, best = jax.lax.top_k(scores, chosen)
         # fewer candidates than the budget (policy not active yet): the first n_full of the top_k are all of them

@@ -56,7 +56,8 @@ class DecoderLayer(nnx.Module):
 class LayerStack(nnx.Module):
     """`segment.count` decoder layers of one kind with parameters stacked on a leading "layers" axis.
 
-    The forward pass is a `lax.scan` over the stack, so compile time does not grow with depth.
+    The forward pass is a `lax.scan` over the stack, so compile time does not grow with depth. Setting
+    `unroll = True` unrolls it (XLA's cost analysis counts a loop body once, so cost counting unrolls).
     """
 
     def __init__(self, config: Qwen3Config, segment: LayerSegment, *, dtype: DType, param_dtype: DType,
@@ -68,6 +69,7 @@ class LayerStack(nnx.Module):
 
         self.layer = make(rngs)
         self.start, self.count = segment.start, segment.count
+        self.unroll = False
 
     def __call__(self, x: jax.Array, positions: jax.Array, attend: AttendFn, carry: Any
                  ) -> tuple[jax.Array, Any, Any]:
@@ -80,7 +82,7 @@ class LayerStack(nnx.Module):
             return (h, c), y
 
         layers = self.start + jnp.arange(self.count, dtype=jnp.int32)
-        (x, carry), ys = jax.lax.scan(body, (x, carry), (stacked, layers))
+        (x, carry), ys = jax.lax.scan(body, (x, carry), (stacked, layers), unroll=self.count if self.unroll else 1)
         return x, carry, ys
 
 
