@@ -4,6 +4,8 @@
         --budgets=256,512,1024,2048 --hardware=B200
     # price measured runs (scripts/generate.py output); the attention of each record is the run's own
     python scripts/cost_report.py --config=ckpt/qwen3-0.6b --results=runs/samples.jsonl
+    # XLA's count of one compiled decode step (x steps) beside the analytic numbers
+    python scripts/cost_report.py --config=qwen3-0.6b --prompt_len=1024 --gen_len=4096 --num_samples=8 --xla
     # add measured time: run the configuration on a checkpoint under jax.profiler (default: the embedded one)
     python scripts/cost_report.py --profile --prompt_len=64 --gen_len=64 --num_samples=4 --budgets=16,32
 
@@ -46,6 +48,8 @@ _HARDWARE = flags.DEFINE_enum("hardware", "B200", sorted(cost.HARDWARE), "Hardwa
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "KV cache dtype.")
 _RESULTS = flags.DEFINE_string("results", None, "jsonl of scripts/generate.py to price instead.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Also run each row on --checkpoint and measure it.")
+_XLA = flags.DEFINE_bool("xla", False, "Also print XLA's cost analysis of one compiled decode step x steps, "
+                         "beside the analytic dense numbers.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", EMBEDDED, "Checkpoint for --profile (orbax or HF directory).")
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", "runs/profile", "Where --profile writes its traces.")
 attention_flags.define_flags()
@@ -97,7 +101,7 @@ def _table(config: kj.Qwen3Config, name: str) -> None:
         model = (kj.load_checkpoint(path, dtype=dtype) if os.path.isdir(os.path.join(path, "params")) else
                  kj.load_hf_checkpoint(path, dtype=dtype))
         config, name, profiled = model.config, path, model
-    header = (f"{'policy':<44} | {'compute FLOPs':>13} | {'memory bytes':>13} | {'eFLOPs':>10} | {'Phi':>7} | "
+    header = (f"{'policy':<48} | {'compute FLOPs':>13} | {'memory bytes':>13} | {'eFLOPs':>10} | {'Phi':>7} | "
               f"{_HARDWARE.value + ' s':>10} | vs dense")
     if profiled is not None:
         header += f" | {'measured s':>10} | {'FLOP/s':>9} | {'B/s':>9}"
@@ -109,7 +113,7 @@ def _table(config: kj.Qwen3Config, name: str) -> None:
         breakdown = cost.tts_cost(config, gen_lens=_GEN_LEN.value, dtype=_DTYPE.value, **kw)
         phi = cost.phi(config, gen_len=_GEN_LEN.value, **kw)
         dense_eflops = dense_eflops or breakdown.eflops
-        row = (f"{policy.describe():<44} | {breakdown.compute_flops:>13.4g} | {breakdown.memory_bytes:>13.4g} | "
+        row = (f"{policy.describe():<48} | {breakdown.compute_flops:>13.4g} | {breakdown.memory_bytes:>13.4g} | "
                f"{breakdown.eflops:>10.4g} | {phi:>7.2f} | {breakdown.seconds:>10.4g} | "
                f"{breakdown.eflops / dense_eflops:>7.3f}")
         if profiled is not None:
@@ -122,6 +126,27 @@ def _table(config: kj.Qwen3Config, name: str) -> None:
           f"generated tokens, KV {_DTYPE.value}, priced on {_HARDWARE.value} "
           f"(I = {cost.HARDWARE[_HARDWARE.value].intensity:.1f} FLOP/byte)")
     print("\n".join(lines))
+    if _XLA.value:
+        _xla_beside_analytic(config)
+
+
+def _xla_beside_analytic(config: kj.Qwen3Config) -> None:
+    """XLA's count of the non-attention part of one decode step of the N samples, times the steps, beside the
+    analytic parameter FLOPs (without the embedding lookup: 2 V H per token by the paper's convention, a gather
+    for XLA) and parameter bytes (the weights read once per step)."""
+    steps, n = _GEN_LEN.value, _NUM_SAMPLES.value
+    # XLA:CPU upcasts bf16 matmuls to float32 and counts the converts as FLOPs: count float32 there.
+    dtype = "float32" if jax.default_backend() == "cpu" else _DTYPE.value
+    step = cost.decode_step_cost(config, batch=n, dtype=jnp.dtype(dtype))
+    analytic = cost.tts_cost(config, prompt_len=_PROMPT_LEN.value, gen_lens=steps, num_samples=n, dtype=dtype,
+                             param_bytes=True)
+    flops = analytic.param_flops - 2 * config.vocab_size * config.hidden_size * n * steps
+    print(f"\nnon-attention part of {steps} decode steps x {n} samples ({dtype}): XLA cost analysis of one "
+          f"compiled step x {steps}, against the analytic parameter terms (attention is priced above)")
+    print(f"{'':<6} | {'XLA x steps':>12} | {'analytic':>12} | ratio")
+    print(f"{'FLOPs':<6} | {step.flops * steps:>12.4g} | {flops:>12.4g} | {step.flops * steps / flops:.3f}")
+    print(f"{'bytes':<6} | {step.bytes_accessed * steps:>12.4g} | {analytic.param_bytes:>12.4g} | "
+          f"{step.bytes_accessed * steps / analytic.param_bytes:.3f}")
 
 
 def _price_results(config: kj.Qwen3Config, name: str) -> None:
@@ -137,7 +162,7 @@ def _price_results(config: kj.Qwen3Config, name: str) -> None:
     if not groups:
         raise ValueError(f"{_RESULTS.value} holds no records")
     print(f"\n{name}: {len(groups)} prompts from {_RESULTS.value}, priced on {_HARDWARE.value}")
-    print(f"{'prompt':>6} | {'N':>3} | {'prompt len':>10} | {'mean len':>8} | {'policy':<44} | {'eFLOPs':>10} | "
+    print(f"{'prompt':>6} | {'N':>3} | {'prompt len':>10} | {'mean len':>8} | {'policy':<48} | {'eFLOPs':>10} | "
           f"{_HARDWARE.value + ' s':>10}")
     total = 0.0
     for index in sorted(groups):
@@ -150,7 +175,7 @@ def _price_results(config: kj.Qwen3Config, name: str) -> None:
                                   dtype=_DTYPE.value)
         total += breakdown.eflops
         print(f"{index:>6} | {len(lengths):>3} | {records[0]['prompt_length']:>10} | {np.mean(lengths):>8.1f} | "
-              f"{policy.describe():<44} | {breakdown.eflops:>10.4g} | {breakdown.seconds:>10.4g}")
+              f"{policy.describe():<48} | {breakdown.eflops:>10.4g} | {breakdown.seconds:>10.4g}")
     print(f"total eFLOPs {total:.4g} ({total / cost.HARDWARE[_HARDWARE.value].peak_flops:.4g} "
           f"{_HARDWARE.value}-seconds)")
 

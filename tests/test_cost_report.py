@@ -74,3 +74,12 @@ def test_bad_flags_are_refused():
     assert bad.returncode != 0 and "block_size" in bad.stderr
     bad = _run("--attention=block_topk")
     assert bad.returncode != 0 and "block_topk" in bad.stderr
+
+
+def test_xla_step_count_beside_the_analytic_parameter_flops():
+    result = _run("--config=qwen3-0.6b", "--prompt_len=128", "--gen_len=64", "--num_samples=2", "--budgets=16",
+                  "--xla")
+    assert result.returncode == 0, result.stderr
+    flops = next(line for line in result.stdout.splitlines() if line.startswith("FLOPs"))
+    # float32 on CPU: XLA counts exactly the parameter matmuls plus norms / activations (~0.1%)
+    assert 0.99 <= float(flops.split("|")[-1]) <= 1.02

@@ -68,7 +68,16 @@ from kinetics_jax.sampling.engine import GenerationResult
 # ------------------------------------------------------------------------------------------------ hardware
 @dataclasses.dataclass(frozen=True)
 class Hardware:
-    """An accelerator: peak dense BF16 FLOP/s and HBM bytes/s; intensity = peak / bandwidth (FLOP per byte)."""
+    """An accelerator: peak dense FLOP/s and HBM bytes/s; intensity = peak / bandwidth (FLOP per byte).
+
+    Sources of the `HARDWARE` entries (per chip, no structured sparsity):
+    - B200: the Kinetics paper and its code, 4.5 PFLOP/s over 8 TB/s, I = 562.5 (4.5 PFLOP/s is NVIDIA's dense
+      FP8 figure for B200; it is kept as the paper uses it, so our eFLOPs compare with the paper's).
+    - H100-SXM, H200 (SXM), A100-SXM (80 GB): NVIDIA's datasheets, BF16 tensor-core FLOP/s without sparsity
+      (the headline 1,979 / 624 TFLOPS are with 2:4 sparsity) and HBM bandwidth.
+    - TPU v5e / v5p / v6e: Google Cloud TPU docs, "System architecture" pages (cloud.google.com/tpu/docs/v5e,
+      /v5p, /v6e): bf16 peak compute per chip and HBM bandwidth per chip.
+    """
 
     name: str
     peak_flops: float
@@ -84,12 +93,6 @@ class Hardware:
         return self.peak_flops / self.hbm_bytes_per_s
 
 
-# Dense (no structured sparsity) BF16 peak and HBM bandwidth, per chip.
-# - B200: the Kinetics paper and its code (4.5 PFLOP/s over 8 TB/s, I = 562.5).
-# - H100-SXM, H200 (SXM), A100-SXM (80 GB): NVIDIA's datasheets, BF16 tensor-core FLOP/s without sparsity
-#   (the datasheets' headline 1,979 / 624 TFLOPS are with 2:4 sparsity) and HBM bandwidth.
-# - TPU v5e / v5p / v6e: Google Cloud TPU docs, "System architecture" pages (cloud.google.com/tpu/docs/v5e, /v5p,
-#   /v6e): peak compute per chip (bf16) and HBM bandwidth per chip.
 HARDWARE: dict[str, Hardware] = {h.name: h for h in (
     Hardware("B200", 4500e12, 8e12),
     Hardware("H100-SXM", 989e12, 3.35e12),
