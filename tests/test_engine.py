@@ -159,3 +159,15 @@ def test_page_budget_and_bad_input(hf_checkpoints):
     for kwargs in (dict(temperature=-1.0), dict(top_p=0.0), dict(top_p=1.2)):
         with pytest.raises(ValueError):
             SamplingConfig(**kwargs)
+
+
+def test_stream_ids_make_samples_independent_of_the_batch(hf_checkpoints):
+    model = kj.load_hf_checkpoint(hf_checkpoints["dense_tied_g2"], dtype=jnp.float32)
+    prompts = _prompts([6, 17, 9], seed=8)
+    config = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)
+    together = generate(model, prompts, num_samples=2, max_new_tokens=12, sampling=config, seed=3,
+                        stream_ids=[10, 11, 12])
+    alone = generate(model, prompts[2:], num_samples=2, max_new_tokens=12, sampling=config, seed=3, stream_ids=[12])
+    np.testing.assert_array_equal(alone.tokens[0], together.tokens[2])
+    with pytest.raises(ValueError, match="stream_ids"):
+        generate(model, prompts, max_new_tokens=4, stream_ids=[0, 1])

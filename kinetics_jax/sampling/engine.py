@@ -151,7 +151,7 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
 
 def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, prompt_lengths: jax.Array,
                    page_table: jax.Array, shared_pages: jax.Array, scatter: jax.Array, max_new_tokens: jax.Array,
-                   seed: jax.Array):
+                   seed: jax.Array, streams: jax.Array):
     model: Qwen3ForCausalLM = nnx.merge(static.graphdef, state)
     n = static.num_samples
     batch = prompt_ids.shape[0] * n
@@ -160,7 +160,7 @@ def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, pro
                                   static.attention.block_size, static.attention.uses_minmax)
 
     def draw(logits: jax.Array, step: jax.Array) -> jax.Array:
-        keys = sample_keys(seed, prompt_of, sample_of, step)
+        keys = sample_keys(seed, streams[prompt_of], sample_of, step)
         return sample(logits, keys, static.sampling, static.vocab_size)
 
     eos = jnp.asarray(static.eos_token_ids or (-1,), jnp.int32)
@@ -239,18 +239,23 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
              num_samples: int = 1, sampling: SamplingConfig = SamplingConfig(),
              attention: AttentionConfig = AttentionConfig(), seed: int = 0, eos_token_ids: Sequence[int] = (),
              vocab_size: int | None = None, repetition: RepetitionStop | None = None,
-             cache_budget_bytes: int | None = None) -> GenerationResult:
+             cache_budget_bytes: int | None = None, stream_ids: Sequence[int] | None = None) -> GenerationResult:
     """Samples `num_samples` continuations of every prompt (lists of token ids), up to `max_new_tokens` each.
 
     A sample stops at the first id in `eos_token_ids`, after `max_new_tokens`, or (with `repetition`) when it
     loops. `attention` is the decode-attention policy (prefill is always dense); its block_size is the cache's
     page size. `vocab_size` is the tokenizer's real vocabulary (ids >= it are never sampled; default: the model's).
-    Sample s of prompt p draws from keys derived from (seed, p, s, step), so it does not change when N or the
-    batch changes. The cache is sized from the request; a request over `cache_budget_bytes` (default: free device
-    memory, or half the host RAM) is refused before any compute.
+    Sample s of prompt p draws from keys derived from (seed, stream_ids[p], s, step) (stream_ids default: 0 ..
+    P - 1), so it does not change when N changes; give each prompt a fixed stream id (e.g. its index in a
+    dataset) and its samples do not depend on which batch it is decoded in either. The cache is sized from the
+    request; a request over `cache_budget_bytes` (default: free device memory, or half the host RAM) is refused
+    before any compute.
     """
     vocab_size = model.config.vocab_size if vocab_size is None else vocab_size
     arrays = _validate(model, prompts, num_samples, max_new_tokens, vocab_size)
+    streams = np.arange(len(arrays)) if stream_ids is None else np.asarray(stream_ids)
+    if streams.shape != (len(arrays),) or not np.issubdtype(streams.dtype, np.integer) or (streams < 0).any():
+        raise ValueError(f"stream_ids must be {len(arrays)} integers >= 0 (one per prompt), got {stream_ids!r}")
     attention.check_layers(model.config.num_hidden_layers)
     lengths = [a.size for a in arrays]
     prompt_len = _bucket(max(lengths), 16)
@@ -274,7 +279,8 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     scatter = np.stack([plan.prefill_page, plan.prefill_slot, plan.prefill_prompt, plan.prefill_token])
     tokens, generated, reason, attended, steps = _generate_jit(
         static, state, jnp.asarray(padded), jnp.asarray(lengths, jnp.int32), jnp.asarray(table),
-        jnp.asarray(plan.shared_pages_per_prompt), jnp.asarray(scatter), jnp.int32(max_new_tokens), jnp.int32(seed))
+        jnp.asarray(plan.shared_pages_per_prompt), jnp.asarray(scatter), jnp.int32(max_new_tokens), jnp.int32(seed),
+        jnp.asarray(streams, jnp.int32))
     shape = (len(arrays), num_samples)
     return GenerationResult(
         tokens=np.asarray(tokens)[:, :max_new_tokens].reshape(shape + (max_new_tokens,)),
