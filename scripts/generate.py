@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import kinetics_jax as kj
 from kinetics_jax.attention import flags as attention_flags
+from kinetics_jax.sampling import flags as sampling_flags
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
                         "tiny-random-qwen3")
@@ -42,10 +43,7 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (Best-
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Generated tokens per sample at most.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("prompts_per_batch", 8, "Prompts decoded together (x num_samples sequences).",
                               lower_bound=1)
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.6, "Sampling temperature (< 0.02: greedy).", lower_bound=0.0)
-_TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus mass in (0, 1] (1: off).")
-_TOP_K = flags.DEFINE_integer("top_k", 20, "Top-k (0: off).", lower_bound=0)
-_MIN_P = flags.DEFINE_float("min_p", 0.0, "Min-p in [0, 1) (0: off).")
+sampling_flags.define_flags()
 _REPETITION = flags.DEFINE_bool("repetition_stop", False, "Stop samples that loop (Kinetics rule).")
 attention_flags.define_flags()
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -84,8 +82,7 @@ def main(argv: list[str]) -> int:
     del argv
     logging.info("process %d of %d, backend %s", jax.process_index(), jax.process_count(), jax.default_backend())
     try:
-        sampling = kj.SamplingConfig(temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-                                     min_p=_MIN_P.value)
+        sampling = sampling_flags.config_from_flags()
         attention = attention_flags.config_from_flags()
     except ValueError as e:
         raise app.UsageError(str(e)) from None

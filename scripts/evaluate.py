@@ -1,0 +1,202 @@
+"""Evaluates a checkpoint on a math dataset: samples, grades, truncation curves, cost counters; resumable.
+
+    python scripts/evaluate.py --checkpoint=ckpt/qwen3-0.6b --dataset=aime24 --dataset_path=data/aime24.jsonl \
+        --num_samples=32 --max_new_tokens=32768 --output=runs/aime24-0.6b.jsonl \
+        [--attention=block_topk --block_topk=64 --attention_backend=pallas]
+
+Each problem is wrapped in the Kinetics prompt and the model's chat template (thinking on), sampled N times
+(Kinetics defaults: T 0.6, top-p 0.95, top-k 20), graded (math-verify), re-graded at every --truncation_budgets
+token budget, and priced with the eFLOPs model; one record per (problem, sample) is appended to --output (see
+kinetics_jax/eval/results.py). Killed and restarted with the same flags, it continues where it stopped: records
+already written are kept, problems are skipped, and a torn last line is repaired. A problem's samples do not
+depend on the batch it was decoded in (its PRNG stream is its index in the dataset), so a resumed run writes
+the records an uninterrupted one would. At the end it prints and writes (<output>.summary.json) pass@k, maj@N,
+accuracy, mean length and eFLOPs per problem, and a per-problem table (<output>.per_query.csv).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+import kinetics_jax as kj
+from kinetics_jax import cost
+from kinetics_jax.attention import flags as attention_flags
+from kinetics_jax.sampling import flags as sampling_flags
+from kinetics_jax.eval import datasets, grading, metrics, results
+
+EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
+                        "tiny-random-qwen3")
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", EMBEDDED, "orbax checkpoint or Hugging Face directory.")
+_MODEL_NAME = flags.DEFINE_string("model_name", None, "Name in the records (default: the checkpoint's).")
+_DATASET = flags.DEFINE_enum("dataset", "aime24", datasets.DATASETS, "Dataset (its field names).")
+_DATASET_PATH = flags.DEFINE_string("dataset_path", None, "Local .jsonl or .parquet of the dataset.")
+_LIMIT = flags.DEFINE_integer("limit", None, "Evaluate the first N problems only.", lower_bound=1)
+_STRATEGY = flags.DEFINE_enum("strategy", "best_of_n", ["best_of_n", "long_cot"],
+                              "best_of_n: N samples; long_cot: N chains with the repetition stop.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Samples per problem (N).", lower_bound=1)
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 4096, "Generation budget per sample.", lower_bound=1)
+_BUDGETS = flags.DEFINE_list("truncation_budgets", None, "Token budgets at which traces are re-graded "
+                             "(default: 2048, 4096, ... below --max_new_tokens).")
+_BATCH = flags.DEFINE_integer("problems_per_batch", 4, "Problems decoded together (x N sequences).",
+                              lower_bound=1)
+sampling_flags.define_flags()
+_THINKING = flags.DEFINE_bool("enable_thinking", True, "Qwen3 thinking mode in the chat template.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute and parameter dtype.")
+_HARDWARE = flags.DEFINE_enum("hardware", "B200", sorted(cost.HARDWARE), "Hardware the costs are priced on.")
+_OUTPUT = flags.DEFINE_string("output", "runs/eval.jsonl", "Results jsonl (appended; resumable).")
+attention_flags.define_flags()
+
+
+def _budgets() -> list[int]:
+    if _BUDGETS.value is not None:
+        budgets = sorted({int(b) for b in _BUDGETS.value})
+        if budgets and budgets[0] < 1:
+            raise ValueError(f"--truncation_budgets must be >= 1, got {budgets[0]}")
+        return budgets
+    return [b for b in (2048 * 2 ** i for i in range(16)) if b < _MAX_NEW.value]
+
+
+def _load(path: str, dtype) -> kj.Qwen3ForCausalLM:
+    if os.path.isdir(os.path.join(path, "params")):
+        return kj.load_checkpoint(path, dtype=dtype)
+    return kj.load_hf_checkpoint(path, dtype=dtype)
+
+
+def _run_config(attention: kj.AttentionConfig, sampling: kj.SamplingConfig, budgets: list[int]) -> dict:
+    return {"checkpoint": os.path.abspath(_CHECKPOINT.value), "dataset": _DATASET.value,
+            "dataset_path": os.path.abspath(_DATASET_PATH.value), "limit": _LIMIT.value,
+            "strategy": _STRATEGY.value, "num_samples": _NUM_SAMPLES.value, "max_new_tokens": _MAX_NEW.value,
+            "truncation_budgets": budgets, "attention": dataclasses.asdict(attention),
+            "sampling": dataclasses.asdict(sampling), "seed": _SEED.value, "dtype": _DTYPE.value,
+            "enable_thinking": _THINKING.value, "hardware": _HARDWARE.value}
+
+
+def _records(problem: datasets.Problem, prompt_len: int, result: kj.GenerationResult, p: int,
+             tokenizer: kj.Tokenizer, model: kj.Qwen3ForCausalLM, name: str, attention: kj.AttentionConfig,
+             budgets: list[int]) -> list[dict]:
+    """The N records of prompt p of a generation result."""
+    n = result.tokens.shape[1]
+    out = []
+    for s in range(n):
+        tokens = result.sequences(p, s)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        share = cost.tts_cost(model.config, prompt_len=prompt_len, gen_lens=len(tokens), num_samples=n,
+                              attention=attention, hardware=_HARDWARE.value, dtype=_DTYPE.value)
+        truncation = metrics.truncation_accuracy(tokens, problem.answer, [b for b in budgets if b < len(tokens)],
+                                                 lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        out.append({
+            "model": name, "model_config": model.config.to_hf_dict(), "dataset": problem.dataset,
+            "problem_id": problem.id, "gold": problem.answer, "sample_index": s, "num_samples": n,
+            "prompt_length": prompt_len, "length": len(tokens), "finish_reason": str(result.finish_reasons[p, s]),
+            "text": text, "token_ids": tokens, "answer": grading.extract_answer(text),
+            "correct": grading.grade(text, problem.answer),
+            "truncation": {str(b): bool(c) for b, c in truncation.items()},
+            "cost": {"compute_flops": share.compute_flops / n, "memory_bytes": share.memory_bytes / n,
+                     "eflops": share.eflops / n, "hardware": share.hardware},
+        })
+    return out
+
+
+def _summary(records: list[dict], model: kj.Qwen3ForCausalLM, attention: kj.AttentionConfig) -> dict:
+    """pass@k (k = 1, 2, 4, .. N), maj@N, accuracy, mean length and eFLOPs per problem (Best-of-N accounting)."""
+    by_problem: dict[str, list[dict]] = {}
+    for r in records:
+        by_problem.setdefault(r["problem_id"], []).append(r)
+    n = _NUM_SAMPLES.value
+    ks = [k for k in (2 ** i for i in range(16)) if k <= n]
+    passes = {k: [] for k in ks}
+    majority, eflops = [], []
+    for rows in by_problem.values():
+        correct = sum(r["correct"] for r in rows)
+        for k in ks:
+            passes[k].append(metrics.pass_at_k(len(rows), correct, k))
+        majority.append(metrics.majority_vote([r["answer"] for r in rows], rows[0]["gold"], len(rows)))
+        eflops.append(cost.tts_cost(model.config, prompt_len=rows[0]["prompt_length"],
+                                    gen_lens=[r["length"] for r in rows], num_samples=len(rows),
+                                    attention=attention, hardware=_HARDWARE.value, dtype=_DTYPE.value).eflops)
+    return {"problems": len(by_problem), "samples": len(records),
+            "accuracy": float(np.mean([r["correct"] for r in records])),
+            **{f"pass@{k}": float(np.mean(v)) for k, v in passes.items()},
+            f"maj@{n}": float(np.mean(majority)), "mean_length": float(np.mean([r["length"] for r in records])),
+            "eflops_per_problem": float(np.mean(eflops)), "hardware": _HARDWARE.value}
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    logging.info("process %d of %d, backend %s", jax.process_index(), jax.process_count(), jax.default_backend())
+    try:
+        if not _DATASET_PATH.value:
+            raise ValueError("give --dataset_path (a local .jsonl or .parquet of the dataset)")
+        sampling = sampling_flags.config_from_flags()
+        attention = attention_flags.config_from_flags()
+        budgets = _budgets()
+        problems = datasets.load_problems(_DATASET_PATH.value, _DATASET.value)[:_LIMIT.value]
+        store = results.ResultsStore(_OUTPUT.value, _run_config(attention, sampling, budgets))
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    model = _load(_CHECKPOINT.value, jnp.dtype(_DTYPE.value))
+    tokenizer = kj.Tokenizer.from_dir(_CHECKPOINT.value)
+    name = _MODEL_NAME.value or os.path.basename(os.path.normpath(_CHECKPOINT.value))
+    n = _NUM_SAMPLES.value
+    todo = [(i, p) for i, p in enumerate(problems) if not all(store.done(p.id, s) for s in range(n))]
+    logging.info("%d problems, %d already done, %d to go; writing %s", len(problems), len(problems) - len(todo),
+                 len(todo), _OUTPUT.value)
+    done = store.records
+    bar = tqdm(total=len(problems) * n, initial=len(done), unit="sample", desc=f"{name} {_DATASET.value}")
+    correct = sum(r["correct"] for r in done)
+    for first in range(0, len(todo), _BATCH.value):
+        batch = todo[first:first + _BATCH.value]
+        prompts = [datasets.prompt_ids(p, tokenizer, enable_thinking=_THINKING.value) for _, p in batch]
+        result = kj.generate(model, prompts, num_samples=n, max_new_tokens=_MAX_NEW.value, sampling=sampling,
+                             attention=attention, seed=_SEED.value, eos_token_ids=tokenizer.eos_token_ids,
+                             vocab_size=tokenizer.vocab_size, stream_ids=[i for i, _ in batch],
+                             repetition=kj.RepetitionStop() if _STRATEGY.value == "long_cot" else None)
+        new = []
+        for p, ((_, problem), prompt) in enumerate(zip(batch, prompts)):
+            rows = _records(problem, len(prompt), result, p, tokenizer, model, name, attention, budgets)
+            new += [r for r in rows if not store.done(problem.id, r["sample_index"])]
+        store.append(new)
+        correct += sum(r["correct"] for r in new)
+        bar.update(len(new))
+        bar.set_postfix(accuracy=f"{correct / max(bar.n, 1):.3f}")
+    bar.close()
+    summary = _summary(store.records, model, attention)
+    _write_json(_OUTPUT.value + ".summary.json", summary)
+    _write_csv(_OUTPUT.value + ".per_query.csv", metrics.per_query_table(store.records))
+    print(f"\n{name} on {_DATASET.value} ({summary['problems']} problems x {n} samples, {_STRATEGY.value}, "
+          f"{attention.describe()}):")
+    for key, value in summary.items():
+        print(f"  {key:<20} {value:.6g}" if isinstance(value, float) else f"  {key:<20} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
