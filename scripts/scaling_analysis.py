@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
     strategies = scaling.STRATEGIES if _STRATEGY.value == "both" else (_STRATEGY.value,)
     try:
         paths = _paths()
-        runs = scaling.group_runs((scaling.load_records(paths) if paths else []) + _trace_records())
+        runs = scaling.group_runs((results.read_records(paths) if paths else []) + _trace_records())
         points: dict[tuple[str, str], list[scaling.ConfigPoints]] = collections.defaultdict(list)
         for run in tqdm([r for r in runs if r.strategy in strategies], desc="pricing runs", unit="run"):
             points[(run.dataset, run.strategy)].extend(scaling.run_points(run, _HARDWARE.value))

@@ -20,7 +20,9 @@ import pytest
 
 from kinetics_jax import AttentionConfig, Qwen3Config
 from kinetics_jax.cost import paper_params, tts_cost
+from kinetics_jax.eval import results
 from kinetics_jax.scaling import frontier as fr
+from kinetics_jax.scaling import runs
 
 SMALL, BIG = Qwen3Config.preset("qwen3-0.6b"), Qwen3Config.preset("qwen3-8b")
 DENSE = AttentionConfig()
@@ -64,7 +66,7 @@ def agreement_records() -> list[dict]:
 
 
 def _points(records: list[dict]) -> list[fr.ConfigPoints]:
-    return fr.align_queries([p for run in fr.group_runs(records) for p in fr.run_points(run, "B200")])
+    return fr.align_queries([p for run in runs.group_runs(records) for p in fr.run_points(run, "B200")])
 
 
 def _cost(config: Qwen3Config, length: int, n: int = 1, attention: AttentionConfig = DENSE):
@@ -76,28 +78,28 @@ def _model(points: list[fr.ConfigPoints], name: str) -> list[fr.ConfigPoints]:
 
 
 # ------------------------------------------------------------------------------------------------ records, points
-def test_load_records_skips_a_torn_tail_and_keeps_extra_fields(tmp_path):
+def test_read_records_skips_blank_lines_and_a_torn_tail_and_keeps_extra_fields(tmp_path):
     path = tmp_path / "r.jsonl"
     lines = [json.dumps({**r, "extra": [1, 2]}) for r in disagreement_records()]
     path.write_text("\n".join(lines) + "\n\n" + lines[0][:40])
-    records = fr.load_records([str(path)])
+    records = results.read_records([str(path)])
     assert len(records) == 8 and records[0]["extra"] == [1, 2]
     path.write_text("not json\n" + lines[0] + "\n")
     with pytest.raises(ValueError, match="r.jsonl:1"):
-        fr.load_records(str(path))
+        results.read_records(str(path))
 
 
 def test_runs_group_by_model_dataset_and_config():
-    runs = fr.group_runs(disagreement_records() + disagreement_records(SPARSE, small_only=True))
-    assert sorted((r.model, r.policy) for r in runs) == [("big", "dense"), ("small", "block_topk-256"),
-                                                         ("small", "dense")]
-    run = next(r for r in runs if r.policy == "block_topk-256")
+    grouped = runs.group_runs(disagreement_records() + disagreement_records(SPARSE, small_only=True))
+    assert sorted((r.model, r.policy) for r in grouped) == [("big", "dense"), ("small", "block_topk-256"),
+                                                            ("small", "dense")]
+    run = next(r for r in grouped if r.policy == "block_topk-256")
     assert run.config == SMALL and run.attention == SPARSE and run.max_new_tokens == 8192
     assert list(run.problems) == ["p0", "p1", "p2", "p3"] and run.problems["p0"][0].truncation == {2048: False,
                                                                                                    4096: False}
     duplicate = disagreement_records()[:1] * 2
     with pytest.raises(ValueError, match="twice"):
-        fr.group_runs(duplicate)
+        runs.group_runs(duplicate)
 
 
 def test_long_cot_points_truncate_the_traces_at_each_budget():

@@ -38,6 +38,9 @@ def _complete_lines(path: str) -> tuple[list[dict[str, Any]], int]:
         data = f.read()
     lines = data.split(b"\n")
     for number, line in enumerate(lines[:-1], 1):  # the part after the last newline is never complete
+        if not line.strip():
+            end += len(line) + 1
+            continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:

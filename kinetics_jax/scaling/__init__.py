@@ -2,7 +2,7 @@
 Pareto frontiers under FLOPs and eFLOPs, the costlier ratio of FLOPs-guided choices, iso-cost grids, sigmoid
 laws of accuracy against log cost, and the report (PNGs, CSV, JSON).
 
-    records = scaling.load_records(["aime24.jsonl"])
+    records = kinetics_jax.eval.results.read_records(["aime24.jsonl"])
     points = [p for run in scaling.group_runs(records) if run.strategy == "long_cot"
               for p in scaling.run_points(run, "B200")]
     analysis = scaling.analyze(points)          # one dataset and strategy
@@ -10,18 +10,18 @@ laws of accuracy against log cost, and the report (PNGs, CSV, JSON).
 """
 
 from kinetics_jax.scaling.fit import SigmoidFit, fit_sigmoid, sigmoid_law
-from kinetics_jax.scaling.frontier import (COST_MODELS, STRATEGIES, Analysis, ConfigPoints, CostlierRatio, Frontier,
-                                           IsoCostGrid, Run, Sample, StepCurve, align_queries, analyze,
-                                           best_of_n_points, budget_curve, cost_grid, costlier_ratio, group_runs,
-                                           isocost_grid, load_records, long_cot_points, pareto_frontier,
-                                           policy_frontiers, policy_label, query_choice, query_optimum, run_points,
-                                           smooth3)
+from kinetics_jax.scaling.frontier import (COST_MODELS, Analysis, ConfigPoints, CostlierRatio, Frontier,
+                                           IsoCostGrid, StepCurve, align_queries, analyze, best_of_n_points,
+                                           budget_curve, cost_grid, costlier_ratio, isocost_grid, long_cot_points,
+                                           pareto_frontier, policy_frontiers, query_choice, query_optimum,
+                                           run_points, smooth3)
+from kinetics_jax.scaling.runs import STRATEGIES, Run, Sample, group_runs, policy_label
 from kinetics_jax.scaling.plots import (plot_fits, plot_frontiers, plot_isocost, plot_optimal_model, plot_policies,
                                         summary, write_report)
 
 __all__ = ["COST_MODELS", "STRATEGIES", "Analysis", "ConfigPoints", "CostlierRatio", "Frontier", "IsoCostGrid",
            "Run", "Sample", "SigmoidFit", "StepCurve", "align_queries", "analyze", "best_of_n_points",
            "budget_curve", "cost_grid", "costlier_ratio", "fit_sigmoid", "group_runs", "isocost_grid",
-           "load_records", "long_cot_points", "pareto_frontier", "plot_fits", "plot_frontiers",
+           "long_cot_points", "pareto_frontier", "plot_fits", "plot_frontiers",
            "plot_isocost", "plot_optimal_model", "plot_policies", "policy_frontiers", "policy_label",
            "query_choice", "query_optimum", "run_points", "sigmoid_law", "smooth3", "summary", "write_report"]
