@@ -7,7 +7,7 @@
 
 from kinetics_jax.attention import AttentionConfig
 from kinetics_jax.checkpoint import (CheckpointError, convert_hf_checkpoint, load_checkpoint, load_hf_checkpoint,
-                                     save_checkpoint)
+                                     load_model, save_checkpoint)
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.sampling import GenerationResult, RepetitionStop, SamplingConfig, best_of_n, generate, long_cot
@@ -17,4 +17,4 @@ __version__ = "0.1.0"
 
 __all__ = ["AttentionConfig", "CheckpointError", "GenerationResult", "Qwen3Config", "Qwen3ForCausalLM",
            "RepetitionStop", "SamplingConfig", "Tokenizer", "best_of_n", "convert_hf_checkpoint", "generate",
-           "load_checkpoint", "load_hf_checkpoint", "long_cot", "save_checkpoint"]
+           "load_checkpoint", "load_hf_checkpoint", "load_model", "long_cot", "save_checkpoint"]

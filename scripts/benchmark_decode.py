@@ -36,6 +36,7 @@ from flax import nnx
 import kinetics_jax as kj
 from kinetics_jax.attention import decode_attention
 from kinetics_jax.cache import KVCache
+from kinetics_jax.cost import analytic
 from kinetics_jax.sampling.engine import decode_step
 
 TINY = kj.Qwen3Config(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
@@ -132,10 +133,9 @@ def _bytes_needed(variant: Variant, batch: int, context: int, hkv: int, d: int, 
     if variant.cascade:
         return (context - OWN_TOKENS) * kv_token + batch * OWN_TOKENS * kv_token
     if variant.config is not None and variant.config.kind == "block_topk":
-        config = variant.config
-        n_full = (context - config.sink) // PAGE
-        tokens = context - max(n_full - config.block_topk, 0) * PAGE
-        return batch * (tokens * kv_token + -(-context // PAGE) * hkv * d * 4)
+        tokens = int(analytic.attended_tokens(context, variant.config))
+        blocks = int(analytic.full_blocks(context, variant.config))  # their f32 key-sum summaries are read
+        return batch * (tokens * kv_token + blocks * hkv * d * 4)
     return batch * context * kv_token
 
 

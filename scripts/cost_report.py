@@ -97,9 +97,7 @@ def _table(config: kj.Qwen3Config, name: str) -> None:
     profiled = None
     if _PROFILE.value:
         path = _CHECKPOINT.value
-        dtype = jnp.dtype(_DTYPE.value)
-        model = (kj.load_checkpoint(path, dtype=dtype) if os.path.isdir(os.path.join(path, "params")) else
-                 kj.load_hf_checkpoint(path, dtype=dtype))
+        model = kj.load_model(path, dtype=jnp.dtype(_DTYPE.value))
         config, name, profiled = model.config, path, model
     header = (f"{'policy':<48} | {'compute FLOPs':>13} | {'memory bytes':>13} | {'eFLOPs':>10} | {'Phi':>7} | "
               f"{_HARDWARE.value + ' s':>10} | vs dense")

@@ -69,12 +69,6 @@ def _budgets() -> list[int]:
     return [b for b in (2048 * 2 ** i for i in range(16)) if b < _MAX_NEW.value]
 
 
-def _load(path: str, dtype) -> kj.Qwen3ForCausalLM:
-    if os.path.isdir(os.path.join(path, "params")):
-        return kj.load_checkpoint(path, dtype=dtype)
-    return kj.load_hf_checkpoint(path, dtype=dtype)
-
-
 def _run_config(attention: kj.AttentionConfig, sampling: kj.SamplingConfig, budgets: list[int]) -> dict:
     return {"checkpoint": os.path.abspath(_CHECKPOINT.value), "dataset": _DATASET.value,
             "dataset_path": os.path.abspath(_DATASET_PATH.value), "limit": _LIMIT.value,
@@ -97,12 +91,13 @@ def _records(problem: datasets.Problem, prompt_len: int, result: kj.GenerationRe
                               attention=attention, hardware=_HARDWARE.value, dtype=_DTYPE.value)
         truncation = metrics.truncation_accuracy(tokens, problem.answer, [b for b in budgets if b < len(tokens)],
                                                  lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        answer = grading.extract_answer(text)
         out.append({
             "model": name, "model_config": model.config.to_hf_dict(), "dataset": problem.dataset,
             "problem_id": problem.id, "gold": problem.answer, "sample_index": s, "num_samples": n,
             "prompt_length": prompt_len, "length": len(tokens), "finish_reason": str(result.finish_reasons[p, s]),
-            "text": text, "token_ids": tokens, "answer": grading.extract_answer(text),
-            "correct": grading.grade(text, problem.answer),
+            "text": text, "token_ids": tokens, "answer": answer,
+            "correct": grading.answer_is_correct(answer, problem.answer),
             "truncation": {str(b): bool(c) for b, c in truncation.items()},
             "cost": {"compute_flops": share.compute_flops / n, "memory_bytes": share.memory_bytes / n,
                      "eflops": share.eflops / n, "hardware": share.hardware},
@@ -162,7 +157,7 @@ def main(argv: list[str]) -> int:
         store = results.ResultsStore(_OUTPUT.value, _run_config(attention, sampling, budgets))
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    model = _load(_CHECKPOINT.value, jnp.dtype(_DTYPE.value))
+    model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value))
     tokenizer = kj.Tokenizer.from_dir(_CHECKPOINT.value)
     name = _MODEL_NAME.value or os.path.basename(os.path.normpath(_CHECKPOINT.value))
     n = _NUM_SAMPLES.value

@@ -51,12 +51,6 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Comput
 _OUTPUT = flags.DEFINE_string("output", None, "jsonl to write (default: log the texts only).")
 
 
-def _load(path: str, dtype) -> kj.Qwen3ForCausalLM:
-    if os.path.isdir(os.path.join(path, "params")):
-        return kj.load_checkpoint(path, dtype=dtype)
-    return kj.load_hf_checkpoint(path, dtype=dtype)
-
-
 def _read_prompts() -> list[str]:
     prompts = list(_PROMPT.value or [])
     if _PROMPTS_FILE.value:
@@ -87,7 +81,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     texts = _read_prompts()
-    model = _load(_CHECKPOINT.value, jnp.dtype(_DTYPE.value))
+    model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value))
     tokenizer = kj.Tokenizer.from_dir(_CHECKPOINT.value)
     chat = _CHAT.value and tokenizer.has_chat_template
     ids = [tokenizer.apply_chat_template([{"role": "user", "content": t}], enable_thinking=_THINKING.value)

@@ -105,7 +105,7 @@ def _tokens(pool: jax.Array, layer: jax.Array, page_table: jax.Array) -> jax.Arr
 def _inactive(lengths: jax.Array, config: AttentionConfig) -> jax.Array:
     """bool[B]: the policy attends every cached token (it is below its activation threshold)."""
     if config.kind == "block_topk":
-        return jnp.maximum(lengths - config.local - config.sink, 0) // config.block_size <= config.block_topk
+        return selection.full_blocks(lengths, config) <= config.block_topk
     return lengths <= config.budget
 
 

@@ -84,6 +84,11 @@ def sliding_window_pages(page_table: jax.Array, lengths: jax.Array, num_kv_heads
     return from_windows(page_table, index, win_lo, win_hi, ps)
 
 
+def full_blocks(lengths: jax.Array, config: AttentionConfig) -> jax.Array:
+    """Full middle blocks (the block top-k candidates) of sequences of `lengths` cached tokens."""
+    return jnp.maximum(lengths - config.local - config.sink, 0) // config.block_size
+
+
 def block_scores(q: jax.Array, cache: KVCache, layer: jax.Array, pages: jax.Array, score: str) -> jax.Array:
     """Group-mean block scores float32[B, Hkv, C] of pages int32[B, C] from the cache's page summaries.
 
@@ -114,7 +119,7 @@ def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
     sink_pages = _ceil_div(config.sink, ps)
     candidates = max(width - sink_pages, 0)
     n = lengths[:, None, None]
-    n_full = jnp.maximum(n - config.local - config.sink, 0) // ps  # [B, 1, 1]
+    n_full = full_blocks(n, config)  # [B, 1, 1]
     parts = [jnp.broadcast_to(jnp.arange(sink_pages, dtype=jnp.int32), (rows, hkv, sink_pages))]
     chosen = min(config.block_topk, candidates)
     if chosen:

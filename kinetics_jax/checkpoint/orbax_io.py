@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the installed orbax
     from orbax.checkpoint.experimental import v1 as ocp
 
 from kinetics_jax.checkpoint import layout
-from kinetics_jax.checkpoint.hf import CheckpointError, HFCheckpoint
+from kinetics_jax.checkpoint.hf import CheckpointError, HFCheckpoint, load_hf_checkpoint
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.model.layers import DType
@@ -209,3 +209,11 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: D
         return jnp.stack([arrays[k] for k in keys]) if stacked else arrays[keys[0]]
 
     return layout.assemble(config, read, dtype=dtype, param_dtype=dtype if param_dtype is None else param_dtype)
+
+
+def load_model(path: str | os.PathLike, *, dtype: DType) -> Qwen3ForCausalLM:
+    """Loads either format: the project's orbax checkpoint (a directory with params/) or a Hugging Face
+    directory (config.json + safetensors)."""
+    if os.path.isdir(os.path.join(path, "params")):
+        return load_checkpoint(path, dtype=dtype)
+    return load_hf_checkpoint(path, dtype=dtype)
