@@ -3,8 +3,12 @@
     import kinetics_jax as kj
     model = kj.load_hf_checkpoint("Qwen3-0.6B/", dtype=jnp.bfloat16)
     logits = model(input_ids)                      # float32[B, T, vocab]
+
+On a pod: kj.distributed.initialize(), mesh = kj.distributed.make_mesh((data, model)), then pass mesh= to
+load_model / load_checkpoint and generate.
 """
 
+from kinetics_jax import distributed
 from kinetics_jax.attention import AttentionConfig
 from kinetics_jax.checkpoint import (CheckpointError, convert_hf_checkpoint, load_checkpoint, load_hf_checkpoint,
                                      load_model, save_checkpoint)
@@ -17,4 +21,4 @@ __version__ = "0.1.0"
 
 __all__ = ["AttentionConfig", "CheckpointError", "GenerationResult", "Qwen3Config", "Qwen3ForCausalLM",
            "RepetitionStop", "SamplingConfig", "Tokenizer", "best_of_n", "convert_hf_checkpoint", "generate",
-           "load_checkpoint", "load_hf_checkpoint", "load_model", "long_cot", "save_checkpoint"]
+           "load_checkpoint", "load_hf_checkpoint", "load_model", "long_cot", "save_checkpoint", "distributed"]

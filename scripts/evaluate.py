@@ -12,6 +12,10 @@ already written are kept, problems are skipped, and a torn last line is repaired
 depend on the batch it was decoded in (its PRNG stream is its index in the dataset), so a resumed run writes
 the records an uninterrupted one would. At the end it prints and writes (<output>.summary.json) pass@k, maj@N,
 accuracy, mean length and eFLOPs per problem, and a per-problem table (<output>.per_query.csv).
+
+On a pod every process runs the same command (with --mesh_shape, and --coordinator_address / --num_processes /
+--process_id for an explicit start): all decode together, process 0 grades and writes, so the records are
+those of a single-host run.
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ import sys
 
 from absl import app, flags, logging
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 import kinetics_jax as kj
 from kinetics_jax import cost
+from kinetics_jax import distributed_flags
 from kinetics_jax.attention import flags as attention_flags
 from kinetics_jax.sampling import flags as sampling_flags
 from kinetics_jax.eval import datasets, grading, metrics, results
@@ -58,6 +62,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Comput
 _HARDWARE = flags.DEFINE_enum("hardware", "B200", sorted(cost.HARDWARE), "Hardware the costs are priced on.")
 _OUTPUT = flags.DEFINE_string("output", "runs/eval.jsonl", "Results jsonl (appended; resumable).")
 attention_flags.define_flags()
+distributed_flags.define_flags()
 
 
 def _budgets() -> list[int]:
@@ -146,26 +151,31 @@ def _write_json(path: str, data: dict) -> None:
 
 def main(argv: list[str]) -> int:
     del argv
-    logging.info("process %d of %d, backend %s", jax.process_index(), jax.process_count(), jax.default_backend())
     try:
+        mesh = distributed_flags.mesh_from_flags()
         if not _DATASET_PATH.value:
             raise ValueError("give --dataset_path (a local .jsonl or .parquet of the dataset)")
         sampling = sampling_flags.config_from_flags()
         attention = attention_flags.config_from_flags()
         budgets = _budgets()
         problems = datasets.load_problems(_DATASET_PATH.value, _DATASET.value)[:_LIMIT.value]
-        store = results.ResultsStore(_OUTPUT.value, _run_config(attention, sampling, budgets))
+        # Process 0 owns the results file; the others learn from it which problems are left.
+        writer = kj.distributed.is_writer()
+        store = results.ResultsStore(_OUTPUT.value, _run_config(attention, sampling, budgets)) if writer else None
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value))
+    model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value), mesh=mesh)
     tokenizer = kj.Tokenizer.from_dir(_CHECKPOINT.value)
     name = _MODEL_NAME.value or os.path.basename(os.path.normpath(_CHECKPOINT.value))
     n = _NUM_SAMPLES.value
-    todo = [(i, p) for i, p in enumerate(problems) if not all(store.done(p.id, s) for s in range(n))]
+    finished = np.asarray([writer and all(store.done(p.id, s) for s in range(n)) for p in problems], bool)
+    finished = kj.distributed.broadcast(finished)  # every process must decode the same batches
+    todo = [(i, p) for i, p in enumerate(problems) if not finished[i]]
     logging.info("%d problems, %d already done, %d to go; writing %s", len(problems), len(problems) - len(todo),
                  len(todo), _OUTPUT.value)
-    done = store.records
-    bar = tqdm(total=len(problems) * n, initial=len(done), unit="sample", desc=f"{name} {_DATASET.value}")
+    done = store.records if writer else []
+    bar = tqdm(total=len(problems) * n, initial=len(done), unit="sample", desc=f"{name} {_DATASET.value}",
+               disable=not writer)
     correct = sum(r["correct"] for r in done)
     for first in range(0, len(todo), _BATCH.value):
         batch = todo[first:first + _BATCH.value]
@@ -173,7 +183,10 @@ def main(argv: list[str]) -> int:
         result = kj.generate(model, prompts, num_samples=n, max_new_tokens=_MAX_NEW.value, sampling=sampling,
                              attention=attention, seed=_SEED.value, eos_token_ids=tokenizer.eos_token_ids,
                              vocab_size=tokenizer.vocab_size, stream_ids=[i for i, _ in batch],
-                             repetition=kj.RepetitionStop() if _STRATEGY.value == "long_cot" else None)
+                             repetition=kj.RepetitionStop() if _STRATEGY.value == "long_cot" else None,
+                             mesh=mesh)
+        if not writer:
+            continue
         new = []
         for p, ((_, problem), prompt) in enumerate(zip(batch, prompts)):
             rows = _records(problem, len(prompt), result, p, tokenizer, model, name, attention, budgets)
@@ -183,6 +196,8 @@ def main(argv: list[str]) -> int:
         bar.update(len(new))
         bar.set_postfix(accuracy=f"{correct / max(bar.n, 1):.3f}")
     bar.close()
+    if not writer:
+        return 0
     summary = _summary(store.records, model, attention)
     _write_json(_OUTPUT.value + ".summary.json", summary)
     _write_csv(_OUTPUT.value + ".per_query.csv", metrics.per_query_table(store.records))

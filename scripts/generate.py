@@ -10,6 +10,10 @@ chat template (thinking on by default) when its tokenizer has one. Each output l
 {"prompt_index", "sample_index", "prompt", "prompt_length", "text", "token_ids", "length", "finish_reason",
 "attention"} (prompt_length in tokens, chat template included; attention: the AttentionConfig fields); the file
 is written to a temporary path and renamed when complete.
+
+On several devices or hosts add --mesh_shape=data,model (and, for an explicit multi-process start,
+--coordinator_address / --num_processes / --process_id); every process runs the same command and process 0
+writes the output (see README "Running on a pod").
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ import time
 
 from absl import app, flags, logging
 
-import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
 import kinetics_jax as kj
+from kinetics_jax import distributed_flags
 from kinetics_jax.attention import flags as attention_flags
 from kinetics_jax.sampling import flags as sampling_flags
 
@@ -48,7 +52,8 @@ _REPETITION = flags.DEFINE_bool("repetition_stop", False, "Stop samples that loo
 attention_flags.define_flags()
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute and parameter dtype.")
-_OUTPUT = flags.DEFINE_string("output", None, "jsonl to write (default: log the texts only).")
+_OUTPUT = flags.DEFINE_string("output", None, "jsonl to write (default: log the texts only); process 0 writes it.")
+distributed_flags.define_flags()
 
 
 def _read_prompts() -> list[str]:
@@ -74,26 +79,26 @@ def _read_prompts() -> list[str]:
 
 def main(argv: list[str]) -> int:
     del argv
-    logging.info("process %d of %d, backend %s", jax.process_index(), jax.process_count(), jax.default_backend())
     try:
         sampling = sampling_flags.config_from_flags()
         attention = attention_flags.config_from_flags()
+        mesh = distributed_flags.mesh_from_flags()
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     texts = _read_prompts()
-    model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value))
+    model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value), mesh=mesh)
     tokenizer = kj.Tokenizer.from_dir(_CHECKPOINT.value)
     chat = _CHAT.value and tokenizer.has_chat_template
     ids = [tokenizer.apply_chat_template([{"role": "user", "content": t}], enable_thinking=_THINKING.value)
            if chat else tokenizer.encode(t) for t in texts]
     records, generated, start = [], 0, time.perf_counter()
     batches = range(0, len(ids), _BATCH.value)
-    for first in tqdm(batches, desc="prompts", unit="batch"):
+    for first in tqdm(batches, desc="prompts", unit="batch", disable=not kj.distributed.is_writer()):
         result = kj.generate(model, ids[first:first + _BATCH.value], num_samples=_NUM_SAMPLES.value,
                              max_new_tokens=_MAX_NEW.value, sampling=sampling,
                              attention=attention, seed=_SEED.value,
                              eos_token_ids=tokenizer.eos_token_ids, vocab_size=tokenizer.vocab_size,
-                             repetition=kj.RepetitionStop() if _REPETITION.value else None)
+                             repetition=kj.RepetitionStop() if _REPETITION.value else None, mesh=mesh)
         generated += int(result.lengths.sum())
         for p in range(result.tokens.shape[0]):
             for s in range(result.tokens.shape[1]):
@@ -106,7 +111,7 @@ def main(argv: list[str]) -> int:
     seconds = time.perf_counter() - start
     logging.info("generated %d tokens in %.2f s (%.1f tokens/s, compilation included)", generated, seconds,
                  generated / seconds)
-    if _OUTPUT.value:
+    if _OUTPUT.value and kj.distributed.is_writer():
         os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
         with open(_OUTPUT.value + ".tmp", "w") as f:
             for record in records:

@@ -9,8 +9,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import pytest
 import torch
+
+# Eight CPU devices for the mesh tests (tests/test_distributed.py), the in-process form of
+# --xla_force_host_platform_device_count=8 (it must precede the first backend use; unlike the XLA_FLAGS variable
+# it is not inherited by the scripts the tests launch). Everything else runs on device 0 as before.
+jax.config.update("jax_num_cpu_devices", 8)
 
 # Shapes the port must get right (see QWEN3.md "known porting bugs"): head_dim != hidden/heads everywhere,
 # tied and untied embeddings, GQA groups 1, 2 and 4, MoE with norm_topk_prob on/off, a mixed dense/MoE

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import jax
 import ml_dtypes
 import numpy as np
+from jax.sharding import Mesh
 
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model import Qwen3ForCausalLM
@@ -242,28 +243,31 @@ class HFCheckpoint:
         return {os.path.basename(f): [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files}
 
     def reader(self) -> layout.ReadFn:
-        """A `layout.ReadFn` that fills one host buffer per model leaf, then moves it to the device."""
+        """A `layout.ReadFn` that fills one host buffer per model leaf, then places it with the target's sharding
+        (each process transfers only the shards its devices hold)."""
 
         def read(keys: Sequence[str], target: jax.ShapeDtypeStruct, stacked: bool) -> jax.Array:
-            if not stacked:
-                return jax.device_put(self.read(keys[0], target.dtype))
-            buffer = np.empty(target.shape, target.dtype)
-            for j, key in enumerate(keys):
-                buffer[j] = self.read(key, target.dtype)
-            return jax.device_put(buffer)
+            if stacked:
+                buffer = np.empty(target.shape, target.dtype)
+                for j, key in enumerate(keys):
+                    buffer[j] = self.read(key, target.dtype)
+            else:
+                buffer = self.read(keys[0], target.dtype)
+            return jax.make_array_from_callback(target.shape, target.sharding, lambda index: buffer[index])
 
         return read
 
 
-def load_hf_checkpoint(hf_dir: str | os.PathLike, *, dtype: DType, param_dtype: DType | None = None
-                       ) -> Qwen3ForCausalLM:
+def load_hf_checkpoint(hf_dir: str | os.PathLike, *, dtype: DType, param_dtype: DType | None = None,
+                       mesh: Mesh | None = None) -> Qwen3ForCausalLM:
     """Loads a Hugging Face Qwen3 / Qwen3-MoE checkpoint directory into a `Qwen3ForCausalLM`.
 
     Tensors are read one at a time (memory-mapped) and placed leaf by leaf: peak host memory is the model plus
     one stacked parameter. `dtype` is the compute dtype; `param_dtype` the storage dtype (default: `dtype`).
+    `mesh`: place the parameters on it by kinetics_jax.distributed.RULES (default: this process's first device).
     Raises CheckpointError naming the file or tensor on any malformed input.
     """
     checkpoint = HFCheckpoint(hf_dir)
     checkpoint.check_tied_copy()
     return layout.assemble(checkpoint.config, checkpoint.reader(), dtype=dtype,
-                           param_dtype=dtype if param_dtype is None else param_dtype)
+                           param_dtype=dtype if param_dtype is None else param_dtype, mesh=mesh)

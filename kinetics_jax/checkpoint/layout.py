@@ -19,11 +19,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax.sharding import Mesh
+
+from kinetics_jax import distributed
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.model.layers import DType
 
-# read(keys, target, stacked) -> the array for one model leaf, with target's shape and dtype. With stacked=True,
+# read(keys, target, stacked) -> the array for one model leaf, with target's shape, dtype and sharding. With
+# stacked=True,
 # `keys` are the canonical keys of the leaf's layers (in order) and the result stacks them on axis 0; otherwise
 # `keys` holds one key.
 ReadFn = Callable[[Sequence[str], jax.ShapeDtypeStruct, bool], jax.Array]
@@ -62,17 +66,27 @@ def write_group(key: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "layers" else key
 
 
-def assemble(config: Qwen3Config, read: ReadFn, *, dtype: DType, param_dtype: DType) -> Qwen3ForCausalLM:
-    """Builds the model leaf by leaf from `read`, never holding more than the model plus one leaf's inputs."""
-    graphdef, state = nnx.split(abstract_model(config, dtype=dtype, param_dtype=param_dtype))
+def assemble(config: Qwen3Config, read: ReadFn, *, dtype: DType, param_dtype: DType, mesh: Mesh | None = None
+             ) -> Qwen3ForCausalLM:
+    """Builds the model leaf by leaf from `read`, never holding more than the model plus one leaf's inputs.
+
+    Each leaf is placed on `mesh` by kinetics_jax.distributed.RULES (default: this process's first device)."""
+    model = abstract_model(config, dtype=dtype, param_dtype=param_dtype)
+    if mesh is not None:
+        distributed.check_mesh(config, mesh)
+        shardings = distributed.param_shardings(model, mesh)
+    graphdef, state = nnx.split(model)
     flat = nnx.to_flat_state(state)
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     for path, var in flat:
-        target = var.get_value()
+        shape, leaf_dtype = var.get_value().shape, var.get_value().dtype
+        target = jax.ShapeDtypeStruct(shape, leaf_dtype, sharding=local if mesh is None else shardings[path])
         keys, stacked = _leaf_keys(config, path)
         value = read(keys, target, stacked)
-        if value.shape != target.shape or value.dtype != target.dtype:
-            raise AssertionError(f"reader returned {value.shape}/{value.dtype} for {path}, "
-                                 f"expected {target.shape}/{target.dtype}")
+        if (value.shape != target.shape or value.dtype != target.dtype
+                or not value.sharding.is_equivalent_to(target.sharding, len(shape))):
+            raise AssertionError(f"reader returned {value.shape}/{value.dtype}/{value.sharding} for {path}, "
+                                 f"expected {target.shape}/{target.dtype}/{target.sharding}")
         var.set_value(value)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 try:  # orbax >= 0.12 exposes v1 under experimental; later releases as orbax.checkpoint.v1
@@ -186,34 +187,44 @@ def _checked_metadata(params_dir: str, config: Qwen3Config) -> dict[str, tuple[i
     return stored
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: DType | None = None
-                    ) -> Qwen3ForCausalLM:
+def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: DType | None = None,
+                    mesh: Mesh | None = None) -> Qwen3ForCausalLM:
     """Restores a checkpoint written by `convert_hf_checkpoint` / `save_checkpoint`.
 
     Each model leaf is restored from its per-layer arrays (cast to `param_dtype`, default `dtype`) and stacked,
-    so peak memory is the model plus one leaf.
+    so peak memory is the model plus one leaf. With a `mesh` every array is restored straight into its sharding
+    under kinetics_jax.distributed.RULES: each process reads only the shards its devices hold, and no process
+    ever holds a whole parameter on the host.
     """
     ckpt_dir = os.path.abspath(os.fspath(ckpt_dir))  # orbax metadata lookups need an absolute path
     config = Qwen3Config.from_hf_config(os.path.join(ckpt_dir, CONFIG_FILE))
     params_dir = os.path.join(ckpt_dir, PARAMS_DIR)
     _checked_metadata(params_dir, config)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     partial = ocp.Context()
     partial.pytree.loading.partial_load = True  # restore only the keys asked for
 
     def read(keys: Sequence[str], target: jax.ShapeDtypeStruct, stacked: bool) -> jax.Array:
-        shape = target.shape[1:] if stacked else target.shape
-        abstract = {k: jax.ShapeDtypeStruct(shape, target.dtype, sharding=device) for k in keys}
+        if stacked:  # one layer's sharding: the leaf's without its leading (unsplit) "layers" axis
+            spec = target.sharding.spec if isinstance(target.sharding, NamedSharding) else None
+            layer = (target.sharding if spec is None else
+                     NamedSharding(target.sharding.mesh, PartitionSpec(*tuple(spec)[1:])))
+            abstract = {k: jax.ShapeDtypeStruct(target.shape[1:], target.dtype, sharding=layer) for k in keys}
+        else:
+            abstract = {keys[0]: target}
         with partial:
             arrays = dict(_flatten(ocp.load(params_dir, _nest(abstract))))
-        return jnp.stack([arrays[k] for k in keys]) if stacked else arrays[keys[0]]
+        if not stacked:
+            return arrays[keys[0]]
+        stack = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=target.sharding)
+        return stack(*(arrays.pop(k) for k in keys))
 
-    return layout.assemble(config, read, dtype=dtype, param_dtype=dtype if param_dtype is None else param_dtype)
+    return layout.assemble(config, read, dtype=dtype, param_dtype=dtype if param_dtype is None else param_dtype,
+                           mesh=mesh)
 
 
-def load_model(path: str | os.PathLike, *, dtype: DType) -> Qwen3ForCausalLM:
+def load_model(path: str | os.PathLike, *, dtype: DType, mesh: Mesh | None = None) -> Qwen3ForCausalLM:
     """Loads either format: the project's orbax checkpoint (a directory with params/) or a Hugging Face
-    directory (config.json + safetensors)."""
+    directory (config.json + safetensors); `mesh`: place the parameters on it (see load_checkpoint)."""
     if os.path.isdir(os.path.join(path, "params")):
-        return load_checkpoint(path, dtype=dtype)
-    return load_hf_checkpoint(path, dtype=dtype)
+        return load_checkpoint(path, dtype=dtype, mesh=mesh)
+    return load_hf_checkpoint(path, dtype=dtype, mesh=mesh)

@@ -25,10 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax.sharding import Mesh
+
+from kinetics_jax import distributed
 from kinetics_jax.attention import AttentionConfig, decode_attention
 from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.model.attention import causal_attention
+from kinetics_jax.model.layers import HEAD_DIM, HEADS, KV_HEADS, LAYERS
 from kinetics_jax.sampling.samplers import SamplingConfig, sample, sample_keys
 
 RUNNING, EOS, LENGTH, REPETITION = 0, 1, 2, 3
@@ -72,11 +76,12 @@ class _Static:
     """Everything that shapes the compiled program (hashable: it is a static jit argument)."""
 
     graphdef: nnx.GraphDef
+    mesh: Mesh
     sampling: SamplingConfig
     attention: AttentionConfig
-    num_samples: int
+    num_samples: int  # per data shard
     buffer: int
-    num_pages: int
+    num_pages: int  # the whole pool: data shards x pages per shard
     eos_token_ids: tuple[int, ...]
     vocab_size: int
     repetition: RepetitionStop | None
@@ -108,9 +113,11 @@ def _repeated(tokens: jax.Array, generated: jax.Array, stop: RepetitionStop) -> 
 
 
 def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.Array, scatter: jax.Array,
-            num_pages: int, page_size: int, minmax: bool) -> tuple[jax.Array, KVCache]:
+            num_pages: int, page_size: int, minmax: bool, mesh: Mesh | None = None) -> tuple[jax.Array, KVCache]:
     """Dense causal pass over right-padded prompts int32[P, T]; their K/V written into a new paged cache through
     the plan's scatter int32[4, n] (page, slot, prompt, token); `minmax`: also keep per-page key min / max.
+    Under a `mesh` the prompts, the scatter and the `num_pages` pool are split over "data" (each shard's scatter
+    holds its local page and prompt indices) and the KV heads over "model".
     Returns (logits [P, V] at each prompt's last token, cache)."""
     num_prompts, prompt_len = prompt_ids.shape
     valid = jnp.arange(prompt_len)[None, :] < prompt_lengths[:, None]
@@ -122,28 +129,63 @@ def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.
     hidden, _, ys = model.hidden_states(prompt_ids, positions, attend)
     k_all = jnp.concatenate([y[0] for y in ys], axis=0)  # [L, P, T, Hkv, D]
     v_all = jnp.concatenate([y[1] for y in ys], axis=0)
-    pages, slots, src_prompt, src_token = scatter
     cache = KVCache.zeros(model.config, num_pages, page_size, k_all.dtype, minmax)
-    cache = cache.fill(pages, slots, k_all[:, src_prompt, src_token], v_all[:, src_prompt, src_token])
+    cache_axes = _cache_axes(minmax)
+    if mesh is not None:
+        cache = jax.lax.with_sharding_constraint(
+            cache, jax.tree.map(lambda axes: axes and distributed.sharding(axes, mesh), cache_axes, is_leaf=_is_axes))
+
+    def fill(cache: KVCache, k_all: jax.Array, v_all: jax.Array, scatter: jax.Array) -> KVCache:
+        pages, slots, src_prompt, src_token = scatter
+        return cache.fill(pages, slots, k_all[:, src_prompt, src_token], v_all[:, src_prompt, src_token])
+
+    kv_axes = (LAYERS, distributed.BATCH, distributed.LENGTH, KV_HEADS, HEAD_DIM)
+    cache = distributed.per_shard(fill, mesh, (cache_axes, kv_axes, kv_axes, (None, distributed.BATCH)),
+                                  cache_axes)(cache, k_all, v_all, scatter)
     return model.logits(hidden[jnp.arange(num_prompts), prompt_lengths - 1]), cache
+
+
+def _is_axes(x) -> bool:
+    return x is None or (isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x))
+
+
+def _cache_axes(minmax: bool) -> KVCache:
+    """The logical axes of each KVCache field (None for absent min / max summaries)."""
+    summary = distributed.CACHE_SUMMARY if minmax else None
+    return KVCache(distributed.CACHE_POOL, distributed.CACHE_POOL, distributed.CACHE_SUMMARY, summary, summary)
 
 
 def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, positions: jax.Array,
                 page_table: jax.Array, active: jax.Array, attention: AttentionConfig, num_samples: int = 1,
-                shared_pages: jax.Array | None = None) -> tuple[jax.Array, KVCache, jax.Array]:
+                shared_pages: jax.Array | None = None, mesh: Mesh | None = None
+                ) -> tuple[jax.Array, KVCache, jax.Array]:
     """Feeds tokens int32[B] at positions int32[B]: appends their K/V to each sequence's page (and its page
     summaries) and attends through its page table with the `attention` policy. shared_pages int32[P]: the
-    page-table entries the `num_samples` samples of each prompt share (see decode_attention). Returns (logits
-    [B, V], cache, KV tokens attended per layer int32[L], counting `active` rows only)."""
+    page-table entries the `num_samples` samples of each prompt share (see decode_attention). Under a `mesh`
+    the cache write, the page selection and the kernels run per shard (rows and pages split over "data",
+    heads over "model"; page tables hold shard-local page ids, num_samples and shared_pages are per shard).
+    Returns (logits [B, V], cache, KV tokens attended per layer int32[L], counting `active` rows only)."""
     batch, page_size, offset = tokens.shape[0], cache.page_size, attention.page_offset
     page = page_table[jnp.arange(batch), (positions + offset) // page_size]
     slot = (positions + offset) % page_size
 
+    def local(q, k, v, layer, cache, page, slot, page_table, lengths, shared_pages):
+        cache = cache.append(layer, page, slot, k, v)
+        out, attended = decode_attention(q, cache, layer, page_table, lengths, attention, page_offset=offset,
+                                         num_samples=num_samples, shared_pages=shared_pages)
+        return out, cache, attended[:, None]
+
+    rows, cache_axes = (distributed.BATCH,), _cache_axes(cache.k_min is not None)
+    q_axes, kv_axes = (distributed.BATCH, HEADS, HEAD_DIM), (distributed.BATCH, KV_HEADS, HEAD_DIM)
+    step = distributed.per_shard(
+        local, mesh, (q_axes, kv_axes, kv_axes, None, cache_axes, rows, rows, (distributed.BATCH, None), rows,
+                      None if shared_pages is None else rows),
+        (q_axes, cache_axes, (distributed.BATCH, KV_HEADS)))  # attended: one column per "model" shard
+
     def attend(q, k, v, layer, cache):
-        cache = cache.append(layer, page, slot, k[:, 0], v[:, 0])
-        out, attended = decode_attention(q[:, 0], cache, layer, page_table, positions + 1, attention,
-                                         page_offset=offset, num_samples=num_samples, shared_pages=shared_pages)
-        return out[:, None], cache, jnp.sum(jnp.where(active, attended, 0))
+        out, cache, attended = step(q[:, 0], k[:, 0], v[:, 0], layer, cache, page, slot, page_table,
+                                    positions + 1, shared_pages)
+        return out[:, None], cache, jnp.sum(jnp.where(active, attended[:, 0], 0))
 
     hidden, cache, ys = model.hidden_states(tokens[:, None], positions[:, None], attend, cache)
     return model.logits(hidden[:, 0]), cache, jnp.concatenate(ys)
@@ -151,23 +193,22 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
 
 def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, prompt_lengths: jax.Array,
                    page_table: jax.Array, shared_pages: jax.Array, scatter: jax.Array, max_new_tokens: jax.Array,
-                   seed: jax.Array, streams: jax.Array):
+                   seed: jax.Array, row_streams: jax.Array, row_samples: jax.Array, row_real: jax.Array):
     model: Qwen3ForCausalLM = nnx.merge(static.graphdef, state)
-    n = static.num_samples
+    n, mesh = static.num_samples, static.mesh
     batch = prompt_ids.shape[0] * n
-    prompt_of, sample_of = jnp.arange(batch) // n, jnp.arange(batch) % n
     first_logits, cache = prefill(model, prompt_ids, prompt_lengths, scatter, static.num_pages,
-                                  static.attention.block_size, static.attention.uses_minmax)
+                                  static.attention.block_size, static.attention.uses_minmax, mesh)
 
     def draw(logits: jax.Array, step: jax.Array) -> jax.Array:
-        keys = sample_keys(seed, streams[prompt_of], sample_of, step)
+        keys = sample_keys(seed, row_streams, row_samples, step)
         return sample(logits, keys, static.sampling, static.vocab_size)
 
     eos = jnp.asarray(static.eos_token_ids or (-1,), jnp.int32)
     first = draw(jnp.repeat(first_logits, n, axis=0), jnp.int32(0))
     first_eos = jnp.isin(first, eos)
     tokens = jnp.full((batch, static.buffer), -1, jnp.int32).at[:, 0].set(first)
-    done = first_eos | (max_new_tokens <= 1)
+    done = first_eos | (max_new_tokens <= 1) | ~row_real  # padding rows of a data split never run
     reason = jnp.where(first_eos, EOS, jnp.where(done, LENGTH, RUNNING)).astype(jnp.int32)
     generated = jnp.ones((batch,), jnp.int32)
     base = jnp.repeat(prompt_lengths, n)  # a sample's cache length before decode step 0
@@ -182,7 +223,7 @@ def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, pro
         step, tokens, done, reason, generated, cache, attended = carry
         active = ~done
         logits, cache, counts = decode_step(model, cache, jnp.maximum(tokens[:, step], 0), base + step,
-                                            page_table, active, static.attention, n, shared_pages)
+                                            page_table, active, static.attention, n, shared_pages, mesh)
         nxt = draw(logits, step + 1)
         tokens = tokens.at[:, step + 1].set(jnp.where(active, nxt, -1))
         generated = generated + active
@@ -200,7 +241,8 @@ def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, pro
     carry = (jnp.int32(0), tokens, done, reason, generated, cache, attended)
     steps, tokens, done, reason, generated, _, attended = jax.lax.while_loop(cond, body, carry)
     reason = jnp.where(reason == RUNNING, LENGTH, reason)
-    return tokens, generated, reason, attended, steps
+    everywhere = distributed.replicated(mesh)  # every process can read the result
+    return jax.lax.with_sharding_constraint((tokens, generated, reason, attended, steps), everywhere)
 
 
 _generate_jit = jax.jit(_generate_impl, static_argnames=("static",))
@@ -235,11 +277,60 @@ def _validate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], num_sam
     return arrays
 
 
+def _shard_inputs(plans: list[CachePlan], split: distributed.DataSplit, prompts: list[np.ndarray],
+                  streams: np.ndarray, num_prompts: int) -> dict[str, np.ndarray]:
+    """The host arrays of a request cut into data shards, shard-major: shard d owns rows d * R .. (d + 1) * R - 1
+    of every array (its prompts, its rows, its slice of the scatter); page ids are local to the shard's pool.
+
+    prompt_ids int32[S * Pl, T] (right-padded to a length bucket), prompt_lengths and shared_pages int32[S * Pl],
+    page_table int32[S * Pl * Nl, W], scatter int32[4, S * n], row_streams / row_samples int32[S * Pl * Nl] (each
+    row's PRNG stream and global sample index), row_real bool[S * Pl * Nl] (False: a padding prompt's row).
+    `prompts` and `streams` are padded to the split; the first `num_prompts` are real."""
+    prompt_len = _bucket(max(p.size for p in prompts), 16)
+    width = _bucket(max(plan.page_table.shape[1] for plan in plans))
+    n = _bucket(max(plan.prefill_page.size for plan in plans))
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("prompt_ids", "prompt_lengths", "shared_pages",
+                                                        "page_table", "scatter", "row_streams", "row_samples",
+                                                        "row_real")}
+    for d, plan in enumerate(plans):
+        prompt_rows, sample_rows = split.shard_rows(d)
+        ids = np.zeros((len(prompt_rows), prompt_len), np.int32)
+        for r, i in enumerate(prompt_rows):
+            ids[r, :prompts[i].size] = prompts[i]
+        out["prompt_ids"].append(ids)
+        out["prompt_lengths"].append(np.asarray([prompts[i].size for i in prompt_rows], np.int32))
+        out["shared_pages"].append(plan.shared_pages_per_prompt)
+        table = np.full((plan.page_table.shape[0], width), NULL_PAGE, np.int32)
+        table[:, :plan.page_table.shape[1]] = plan.page_table
+        out["page_table"].append(table)
+        scatter = np.zeros((4, n), np.int32)  # padding entries copy (prompt 0, token 0) into the null page
+        scatter[:, :plan.prefill_page.size] = np.stack([plan.prefill_page, plan.prefill_slot, plan.prefill_prompt,
+                                                        plan.prefill_token])
+        out["scatter"].append(scatter)
+        out["row_streams"].append(np.repeat(streams[list(prompt_rows)], len(sample_rows)).astype(np.int32))
+        out["row_samples"].append(np.tile(np.asarray(sample_rows, np.int32), len(prompt_rows)))
+        out["row_real"].append(np.repeat(np.asarray(prompt_rows) < num_prompts, len(sample_rows)))
+    return {k: np.concatenate(v, axis=1 if k == "scatter" else 0) for k, v in out.items()}
+
+
+def _result_rows(split: distributed.DataSplit, num_prompts: int) -> np.ndarray:
+    """int[P, N]: the row of the shard-major batch that holds sample s of prompt p."""
+    per_shard = split.prompts_per_shard * split.samples_per_shard
+    order = np.zeros((num_prompts, split.sample_groups * split.samples_per_shard), np.int64)
+    for d in range(split.shards):
+        prompt_rows, sample_rows = split.shard_rows(d)
+        for pl, p in enumerate(prompt_rows):
+            if p < num_prompts:
+                order[p, list(sample_rows)] = d * per_shard + pl * split.samples_per_shard + np.arange(len(sample_rows))
+    return order
+
+
 def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              num_samples: int = 1, sampling: SamplingConfig = SamplingConfig(),
              attention: AttentionConfig = AttentionConfig(), seed: int = 0, eos_token_ids: Sequence[int] = (),
              vocab_size: int | None = None, repetition: RepetitionStop | None = None,
-             cache_budget_bytes: int | None = None, stream_ids: Sequence[int] | None = None) -> GenerationResult:
+             cache_budget_bytes: int | None = None, stream_ids: Sequence[int] | None = None,
+             mesh: Mesh | None = None) -> GenerationResult:
     """Samples `num_samples` continuations of every prompt (lists of token ids), up to `max_new_tokens` each.
 
     A sample stops at the first id in `eos_token_ids`, after `max_new_tokens`, or (with `repetition`) when it
@@ -248,8 +339,13 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     Sample s of prompt p draws from keys derived from (seed, stream_ids[p], s, step) (stream_ids default: 0 ..
     P - 1), so it does not change when N changes; give each prompt a fixed stream id (e.g. its index in a
     dataset) and its samples do not depend on which batch it is decoded in either. The cache is sized from the
-    request; a request over `cache_budget_bytes` (default: free device memory, or half the host RAM) is refused
-    before any compute.
+    request; a request over `cache_budget_bytes` per device (default: free device memory, or half the host RAM)
+    is refused before any compute.
+
+    `mesh` (distributed.make_mesh; default: this process's first device) spreads the request: parameters and KV
+    heads over "model", prompts and samples over "data" (see distributed.DataSplit). The parameters are placed on
+    the mesh for the call (no copy when the model was loaded or sharded onto it). Every process of a multi-host
+    run calls generate with the same arguments and gets the whole result.
     """
     vocab_size = model.config.vocab_size if vocab_size is None else vocab_size
     arrays = _validate(model, prompts, num_samples, max_new_tokens, vocab_size)
@@ -257,34 +353,39 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     if streams.shape != (len(arrays),) or not np.issubdtype(streams.dtype, np.integer) or (streams < 0).any():
         raise ValueError(f"stream_ids must be {len(arrays)} integers >= 0 (one per prompt), got {stream_ids!r}")
     attention.check_layers(model.config.num_hidden_layers)
-    lengths = [a.size for a in arrays]
-    prompt_len = _bucket(max(lengths), 16)
-    plan = CachePlan.for_request(lengths, num_samples, max_new_tokens, attention.block_size,
-                                 page_offset=attention.page_offset, pad_pages_to=64,
-                                 pad_prefill_to=_bucket(sum(lengths) * num_samples))
-    need = plan.bytes(model.config, model.dtype, minmax=attention.uses_minmax)
+    mesh = distributed.local_mesh() if mesh is None else mesh
+    distributed.check_mesh(model.config, mesh)
+    split = distributed.DataSplit.of(len(arrays), num_samples, mesh.shape[distributed.DATA])
+    padded_prompts = arrays + [arrays[-1]] * (split.prompt_groups * split.prompts_per_shard - len(arrays))
+    padded_streams = np.concatenate([streams, np.repeat(streams[-1:], len(padded_prompts) - len(arrays))])
+    shard_prompts = [split.shard_rows(d)[0] for d in range(split.shards)]
+    plans = [CachePlan.for_request([padded_prompts[i].size for i in rows], split.samples_per_shard,
+                                   max_new_tokens, attention.block_size, page_offset=attention.page_offset,
+                                   pad_pages_to=64) for rows in shard_prompts]
+    pages = max(plan.num_pages for plan in plans)  # per shard
+    need = dataclasses.replace(plans[0], num_pages=pages).bytes(model.config, model.dtype, attention.uses_minmax)
+    need //= mesh.shape[distributed.MODEL]  # the KV heads are split over "model"
     budget = cache_budget_bytes or _memory_budget()
     if need > budget:
-        raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache ({len(arrays)} prompts x {num_samples} "
-                         f"samples, {max(lengths)} + {max_new_tokens} tokens) but the budget is "
-                         f"{budget / 2**30:.2f} GiB")
-    table = np.full((plan.page_table.shape[0], _bucket(plan.page_table.shape[1])), NULL_PAGE, np.int32)
-    table[:, :plan.page_table.shape[1]] = plan.page_table
-    padded = np.zeros((len(arrays), prompt_len), np.int32)
-    for i, a in enumerate(arrays):
-        padded[i, :a.size] = a
+        raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache per device ({len(arrays)} prompts x "
+                         f"{num_samples} samples, {max(a.size for a in arrays)} + {max_new_tokens} tokens, "
+                         f"mesh {dict(mesh.shape)}) but the budget is {budget / 2**30:.2f} GiB")
+    inputs = _shard_inputs(plans, split, padded_prompts, padded_streams, len(arrays))
     graphdef, state = nnx.split(model)
-    static = _Static(graphdef, sampling, attention, num_samples, _bucket(max_new_tokens), plan.num_pages,
-                     tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
-    scatter = np.stack([plan.prefill_page, plan.prefill_slot, plan.prefill_prompt, plan.prefill_token])
+    state = distributed.place_params(model, mesh)
+    static = _Static(graphdef, mesh, sampling, attention, split.samples_per_shard, _bucket(max_new_tokens),
+                     split.shards * pages, tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
+    put = lambda name, axes: distributed.put(inputs[name], axes, mesh)
+    rows, everywhere = (distributed.BATCH,), None
     tokens, generated, reason, attended, steps = _generate_jit(
-        static, state, jnp.asarray(padded), jnp.asarray(lengths, jnp.int32), jnp.asarray(table),
-        jnp.asarray(plan.shared_pages_per_prompt), jnp.asarray(scatter), jnp.int32(max_new_tokens), jnp.int32(seed),
-        jnp.asarray(streams, jnp.int32))
-    shape = (len(arrays), num_samples)
+        static, state, put("prompt_ids", (distributed.BATCH, None)), put("prompt_lengths", rows),
+        put("page_table", (distributed.BATCH, None)), put("shared_pages", rows), put("scatter", (None, distributed.BATCH)),
+        distributed.put(np.int32(max_new_tokens), everywhere, mesh), distributed.put(np.int32(seed), everywhere, mesh),
+        put("row_streams", rows), put("row_samples", rows), put("row_real", rows))
+    order = _result_rows(split, len(arrays))  # [P, N] -> row of the sharded batch
+    tokens, generated, reason = (np.asarray(x)[order] for x in (tokens, generated, reason))
     return GenerationResult(
-        tokens=np.asarray(tokens)[:, :max_new_tokens].reshape(shape + (max_new_tokens,)),
-        lengths=np.asarray(generated).reshape(shape),
-        finish_reasons=np.asarray(FINISH_REASONS)[np.asarray(reason)].reshape(shape),
+        tokens=tokens[..., :max_new_tokens], lengths=generated,
+        finish_reasons=np.asarray(FINISH_REASONS)[reason],
         attended_tokens=np.asarray(attended)[:int(steps)].astype(np.int64),
-        prompt_lengths=np.asarray(lengths, np.int32))
+        prompt_lengths=np.asarray([a.size for a in arrays], np.int32))

@@ -1,0 +1,277 @@
+"""Pods: the device mesh, the logical-axis rules, and jax.distributed start-up.
+
+    kj.distributed.initialize()                      # multi-host: once, before anything touches a device
+    mesh = kj.distributed.make_mesh((4, 2))          # ("data", "model"); default: every device on "data"
+    model = kj.load_model(path, dtype=jnp.bfloat16, mesh=mesh)   # each process reads only its own shards
+    result = kj.generate(model, prompts, num_samples=32, max_new_tokens=32768, mesh=mesh)
+
+Every parameter carries logical axis names (model/layers.py); the KV cache and the decode batch have theirs
+here. One table, `RULES`, maps logical names to the mesh axes (the MaxText scheme):
+
+- "model" (tensor parallel): attention heads (query and KV), the MLP hidden units, the MoE experts and the
+  vocabulary are split over it. The KV cache is split by KV head, so a device holds the pages of its heads only.
+- "data" (data parallel): the decode rows (prompts x samples) and the cache pages. A request is cut into
+  `DataSplit.shards` equal sub-requests, each with its own prompts (their shared prompt pages stored on that
+  shard) and its own samples, so no page is ever read across devices.
+
+A dimension that the table maps to an axis is split only if the axis size divides it; otherwise it is
+replicated (e.g. a vocabulary of 160 over 3 devices). Attention heads are the exception: the decode kernels
+run per shard (`per_shard`, a shard_map), so `check_mesh` requires the "model" size to divide both head counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from kinetics_jax.config import Qwen3Config
+from kinetics_jax.model.layers import EMBED, EXPERTS, HEAD_DIM, HEADS, KV_HEADS, LAYERS, MLP, VOCAB
+
+DATA, MODEL = "data", "model"
+MESH_AXES = (DATA, MODEL)
+
+# Logical axes of activations and the KV cache (the parameters' names are in model/layers.py).
+BATCH = "batch"              # decode rows (prompt x sample), or prompts in prefill
+CACHE_PAGES = "cache_pages"  # the page pool
+PAGE_SLOTS = "page_slots"    # tokens within a page
+LENGTH = "length"            # sequence positions
+
+Axes = tuple[str | None, ...]
+
+RULES: tuple[tuple[str, str | None], ...] = (
+    (BATCH, DATA),
+    (CACHE_PAGES, DATA),
+    (HEADS, MODEL),
+    (KV_HEADS, MODEL),
+    (EXPERTS, MODEL),   # expert parallelism: whole experts per device
+    (MLP, MODEL),       # dense MLPs; in an MoE weight the experts axis already took "model"
+    (VOCAB, MODEL),
+    (EMBED, None),
+    (HEAD_DIM, None),
+    (LAYERS, None),
+    (PAGE_SLOTS, None),
+    (LENGTH, None),
+)
+"""Logical axis -> mesh axis (None: replicated). A mesh axis is used at most once per array: a later logical
+axis that maps to an axis already taken is replicated."""
+
+# The KV cache's fields (cache.KVCache): pools [L, Hkv, pages, page_size, D] and summaries [L, Hkv, pages, D].
+CACHE_POOL: Axes = (LAYERS, KV_HEADS, CACHE_PAGES, PAGE_SLOTS, HEAD_DIM)
+CACHE_SUMMARY: Axes = (LAYERS, KV_HEADS, CACHE_PAGES, HEAD_DIM)
+
+
+def mesh_axis(logical: str | None) -> str | None:
+    """The mesh axis RULES maps a logical axis to (None: replicated)."""
+    if logical is None:
+        return None
+    for name, axis in RULES:
+        if name == logical:
+            return axis
+    raise KeyError(f"logical axis {logical!r} has no entry in kinetics_jax.distributed.RULES")
+
+
+def partition_spec(axes: Axes, mesh: Mesh, shape: Sequence[int] | None = None) -> PartitionSpec:
+    """PartitionSpec for an array with logical `axes`. With `shape`, a dimension the mesh axis does not divide
+    is replicated instead."""
+    used: set[str] = set()
+    spec = []
+    for i, logical in enumerate(axes):
+        axis = mesh_axis(logical)
+        if axis is not None and (axis in used or (shape is not None and shape[i] % mesh.shape[axis])):
+            axis = None
+        if axis is not None:
+            used.add(axis)
+        spec.append(axis)
+    return PartitionSpec(*spec)
+
+
+def sharding(axes: Axes, mesh: Mesh, shape: Sequence[int] | None = None) -> NamedSharding:
+    return NamedSharding(mesh, partition_spec(axes, mesh, shape))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def param_axes(var: nnx.Variable) -> Axes:
+    """A parameter's logical axis names (flax stores them as out_sharding, older releases as sharding_names)."""
+    meta = var.get_metadata()
+    axes = meta.get("out_sharding") or meta.get("sharding_names")
+    if axes is None:
+        raise ValueError(f"parameter of shape {var.get_value().shape} has no logical axis names")
+    return tuple(axes)
+
+
+def param_shardings(model: nnx.Module, mesh: Mesh) -> dict[tuple, NamedSharding]:
+    """The NamedSharding of every parameter of `model` (real or abstract) under RULES, by state path."""
+    return {path: sharding(param_axes(var), mesh, var.get_value().shape)
+            for path, var in nnx.to_flat_state(nnx.state(model))}
+
+
+def place_params(model: nnx.Module, mesh: Mesh) -> nnx.State:
+    """The model's state with every parameter on `mesh` by RULES (arrays already placed so are not copied)."""
+    target = param_shardings(model, mesh)
+    flat = [(path, var.replace(jax.device_put(var.get_value(), target[path])))
+            for path, var in nnx.to_flat_state(nnx.state(model))]
+    return nnx.from_flat_state(flat)
+
+
+def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
+    """Places the model's parameters on `mesh` by RULES, in place (single-process: a multi-host model is
+    loaded onto its mesh by load_checkpoint / load_model(..., mesh=...))."""
+    check_mesh(model.config, mesh)
+    nnx.update(model, place_params(model, mesh))
+    return model
+
+
+def put(value: np.ndarray, axes: Axes | None, mesh: Mesh) -> jax.Array:
+    """A host array (the same on every process) as a global array on `mesh` with logical `axes` (None:
+    replicated). Each process transfers only the shards its devices hold."""
+    value = np.asarray(value)
+    target = replicated(mesh) if axes is None else sharding(axes, mesh)
+    return jax.make_array_from_callback(value.shape, target, lambda index: value[index])
+
+
+def check_mesh(config: Qwen3Config, mesh: Mesh) -> None:
+    """Refuses a mesh the attention cannot be split over: "model" must divide the query and KV head counts."""
+    if tuple(mesh.axis_names) != MESH_AXES:
+        raise ValueError(f"mesh axes must be {MESH_AXES}, got {tuple(mesh.axis_names)}")
+    m = mesh.shape[MODEL]
+    if config.num_key_value_heads % m or config.num_attention_heads % m:
+        raise ValueError(f"the 'model' mesh axis ({m} devices) must divide the KV heads "
+                         f"({config.num_key_value_heads}) and query heads ({config.num_attention_heads}); choose "
+                         f"--mesh_shape with model <= {math.gcd(config.num_key_value_heads, config.num_attention_heads)}"
+                         f" and put the other devices on 'data'")
+
+
+def parse_mesh_shape(text: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """"4,2" -> (4, 2) (data, model); "" or None -> None (every device on "data")."""
+    if text is None or text == "" or text == []:
+        return None
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"mesh shape must be two integers 'data,model', got {text!r}") from None
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"mesh shape must be two integers >= 1 'data,model', got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+def make_mesh(shape: tuple[int, int] | str | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "model") mesh over `devices` (default: every device of every process). shape None: all on
+    "data". The product must equal the number of devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = parse_mesh_shape(shape) or (len(devices), 1)
+    if shape[0] * shape[1] != len(devices):
+        raise ValueError(f"mesh shape {shape[0]},{shape[1]} (data,model) needs {shape[0] * shape[1]} devices, "
+                         f"but there are {len(devices)}")
+    auto = (jax.sharding.AxisType.Auto,) * 2
+    if len(devices) == jax.device_count():  # topology-aware device order (ICI rings on TPU)
+        return jax.make_mesh(shape, MESH_AXES, auto)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def local_mesh() -> Mesh:
+    """A 1 x 1 mesh on this process's first device: the single-device default."""
+    return make_mesh((1, 1), jax.local_devices()[:1])
+
+
+def per_shard(fn: Callable, mesh: Mesh | None, in_axes: Any, out_axes: Any) -> Callable:
+    """`fn` applied to each device's shards (a shard_map), with the specs given as logical axes (None leaves:
+    replicated). Without a mesh, `fn` itself. Used for the parts that must see whole local pages: cache writes,
+    page selection and the decode kernels."""
+    if mesh is None:
+        return fn
+    to_spec = lambda axes: PartitionSpec() if axes is None else partition_spec(axes, mesh)
+    is_leaf = lambda x: x is None or (isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x))
+    in_specs = jax.tree.map(to_spec, in_axes, is_leaf=is_leaf)
+    out_specs = jax.tree.map(to_spec, out_axes, is_leaf=is_leaf)
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplit:
+    """How a request of P prompts x N samples is cut over `shards` data shards.
+
+    Shard d = i * sample_groups + j decodes prompts i * prompts_per_shard ... (+ prompts_per_shard) and samples
+    j * samples_per_shard ... of each: prompts are spread first (no prompt stored twice), then samples (the
+    prompt's pages are then stored on each shard holding some of its samples). P is padded up to
+    prompt_groups * prompts_per_shard by repeating the last prompt; padded rows are dropped from the result.
+    """
+
+    shards: int
+    prompt_groups: int
+    sample_groups: int
+    prompts_per_shard: int
+    samples_per_shard: int
+
+    @classmethod
+    def of(cls, num_prompts: int, num_samples: int, shards: int) -> "DataSplit":
+        prompt_groups = math.gcd(num_prompts, shards)
+        sample_groups = math.gcd(num_samples, shards // prompt_groups)
+        prompt_groups = shards // sample_groups  # may exceed gcd(P, shards): then P is padded
+        return cls(shards, prompt_groups, sample_groups, -(-num_prompts // prompt_groups),
+                   num_samples // sample_groups)
+
+    def shard_rows(self, d: int) -> tuple[range, range]:
+        """(prompt indices (padded), sample indices) of shard d."""
+        i, j = divmod(d, self.sample_groups)
+        return (range(i * self.prompts_per_shard, (i + 1) * self.prompts_per_shard),
+                range(j * self.samples_per_shard, (j + 1) * self.samples_per_shard))
+
+
+def _cluster_detected() -> bool:
+    """Whether jax.distributed's auto-detection recognises the environment (TPU pod, SLURM, Open MPI, k8s)."""
+    try:
+        from jax._src import clusters  # the registry jax.distributed.initialize() itself consults
+        return any(c.is_env_present() for c in clusters.ClusterEnv._cluster_types)
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved: rely on explicit flags
+        return False
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Starts jax.distributed, before any device is touched.
+
+    With a coordinator address ("host:port"), num_processes and process_id are required (explicit start, e.g.
+    several processes on one machine or a launcher jax does not know). Without one, a cluster environment jax
+    recognises (Cloud TPU pod slice, SLURM, Open MPI, Kubernetes) is auto-detected; anywhere else this is a
+    single-process run and nothing happens. On CPU the collectives go through gloo.
+    """
+    explicit = coordinator_address is not None
+    if not explicit and (num_processes is not None or process_id is not None):
+        raise ValueError("--num_processes / --process_id need --coordinator_address")
+    if explicit and (num_processes is None or process_id is None):
+        raise ValueError("--coordinator_address needs --num_processes and --process_id")
+    if explicit and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process_id must be in [0, {num_processes}), got {process_id}")
+    if not explicit and not _cluster_detected():
+        return
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or explicit:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # ignored by GPU/TPU backends
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+    logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def is_writer() -> bool:
+    """Only process 0 writes results and checkpoints."""
+    return jax.process_index() == 0
+
+
+def broadcast(value: np.ndarray) -> np.ndarray:
+    """Process 0's `value` on every process (identity in a single-process run)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.broadcast_one_to_all(value))
