@@ -128,8 +128,12 @@ class KVCache(NamedTuple):
     k_max: jax.Array | None
 
     @classmethod
-    def zeros(cls, config: Qwen3Config, num_pages: int, page_size: int, dtype: DType, minmax: bool) -> "KVCache":
-        shape = (config.num_hidden_layers, config.num_key_value_heads, num_pages, page_size, config.head_dim)
+    def zeros(cls, config: Qwen3Config, num_pages: int, page_size: int, dtype: DType, minmax: bool,
+              kv_replicas: int = 1) -> "KVCache":
+        """An empty cache; `kv_replicas` copies of each KV head (distributed.kv_replicas: heads replicated over
+        a "model" mesh axis larger than the KV head count)."""
+        shape = (config.num_hidden_layers, config.num_key_value_heads * kv_replicas, num_pages, page_size,
+                 config.head_dim)
         summary = shape[:3] + shape[4:]
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros(summary, jnp.float32),
                    jnp.full(summary, jnp.inf) if minmax else None,

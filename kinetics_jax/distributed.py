@@ -15,8 +15,10 @@ here. One table, `RULES`, maps logical names to the mesh axes (the MaxText schem
   shard) and its own samples, so no page is ever read across devices.
 
 A dimension that the table maps to an axis is split only if the axis size divides it; otherwise it is
-replicated (e.g. a vocabulary of 160 over 3 devices). Attention heads are the exception: the decode kernels
-run per shard (`per_shard`, a shard_map), so `check_mesh` requires the "model" size to divide both head counts.
+replicated (e.g. a vocabulary of 160 over 3 devices, or 4 KV-head projections over 16 devices). The decode
+kernels run per shard (`per_shard`, a shard_map), so `check_mesh` requires the "model" size to divide the query
+heads, and to divide the KV heads or be a multiple of them; in the second case the cache keeps one copy of a
+KV head per device that reads it (`kv_replicas`).
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ import os
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
+from kinetics_jax.attention.policies import AttentionConfig
+from kinetics_jax.cache import CachePlan
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model.layers import EMBED, EXPERTS, HEAD_DIM, HEADS, KV_HEADS, LAYERS, MLP, VOCAB
 
@@ -78,7 +83,7 @@ def mesh_axis(logical: str | None) -> str | None:
     raise KeyError(f"logical axis {logical!r} has no entry in kinetics_jax.distributed.RULES")
 
 
-def partition_spec(axes: Axes, mesh: Mesh, shape: Sequence[int] | None = None) -> PartitionSpec:
+def partition_spec(axes: Axes, mesh: Mesh | AbstractMesh, shape: Sequence[int] | None = None) -> PartitionSpec:
     """PartitionSpec for an array with logical `axes`. With `shape`, a dimension the mesh axis does not divide
     is replicated instead."""
     used: set[str] = set()
@@ -141,15 +146,35 @@ def put(value: np.ndarray, axes: Axes | None, mesh: Mesh) -> jax.Array:
 
 
 def check_mesh(config: Qwen3Config, mesh: Mesh) -> None:
-    """Refuses a mesh the attention cannot be split over: "model" must divide the query and KV head counts."""
+    """Refuses a mesh the attention cannot be split over: "model" must divide the query heads, and either divide
+    the KV heads or be a multiple of them (then each KV head is replicated, see `kv_replicas`)."""
     if tuple(mesh.axis_names) != MESH_AXES:
         raise ValueError(f"mesh axes must be {MESH_AXES}, got {tuple(mesh.axis_names)}")
-    m = mesh.shape[MODEL]
-    if config.num_key_value_heads % m or config.num_attention_heads % m:
-        raise ValueError(f"the 'model' mesh axis ({m} devices) must divide the KV heads "
-                         f"({config.num_key_value_heads}) and query heads ({config.num_attention_heads}); choose "
-                         f"--mesh_shape with model <= {math.gcd(config.num_key_value_heads, config.num_attention_heads)}"
-                         f" and put the other devices on 'data'")
+    m, hq, hkv = mesh.shape[MODEL], config.num_attention_heads, config.num_key_value_heads
+    if hq % m or (hkv % m and m % hkv):
+        raise ValueError(f"the 'model' mesh axis ({m} devices) must divide the query heads ({hq}) and either "
+                         f"divide the KV heads ({hkv}) or be a multiple of them; choose --mesh_shape with such a "
+                         f"'model' size and put the other devices on 'data'")
+
+
+def kv_replicas(config: Qwen3Config, mesh: Mesh | AbstractMesh | None) -> int:
+    """Copies of each KV head in the cache: 1 when "model" divides the KV heads; model / kv_heads when "model"
+    is larger (e.g. 4 KV heads over 16 devices: every device still holds the pages of exactly one KV head, the
+    one its query heads read, like tensor-parallel serving engines do)."""
+    if mesh is None:
+        return 1
+    return max(mesh.shape[MODEL] // config.num_key_value_heads, 1)
+
+
+def kv_head_mean(x: jax.Array, replicas: int) -> jax.Array:
+    """Inside `per_shard`: the mean over a KV head's whole query group of per-device means x [B, 1, D] over the
+    device's own query heads, when the group is spread over `replicas` devices (one all-gather of B x D floats
+    per call; block selection needs it so every copy of a KV head chooses the blocks one device would)."""
+    if replicas == 1:
+        return x
+    gathered = jax.lax.all_gather(x, MODEL)  # [model, B, 1, D]; devices i*r .. i*r + r - 1 share KV head i
+    copies = gathered.reshape((gathered.shape[0] // replicas, replicas) + x.shape)
+    return jnp.mean(copies[jax.lax.axis_index(MODEL) // replicas], axis=0)
 
 
 def parse_mesh_shape(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -227,6 +252,64 @@ class DataSplit:
         i, j = divmod(d, self.sample_groups)
         return (range(i * self.prompts_per_shard, (i + 1) * self.prompts_per_shard),
                 range(j * self.samples_per_shard, (j + 1) * self.samples_per_shard))
+
+
+def request_plans(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens: int, attention: AttentionConfig,
+                  data_shards: int) -> tuple[DataSplit, list[CachePlan]]:
+    """The data split of a request and each shard's cache plan (local page ids, pools rounded to 64 pages)."""
+    split = DataSplit.of(len(prompt_lengths), num_samples, data_shards)
+    padded = list(prompt_lengths) + [prompt_lengths[-1]] * (split.prompt_groups * split.prompts_per_shard
+                                                            - len(prompt_lengths))
+    plans = [CachePlan.for_request([padded[i] for i in split.shard_rows(d)[0]], split.samples_per_shard,
+                                   max_new_tokens, attention.block_size, page_offset=attention.page_offset,
+                                   pad_pages_to=64) for d in range(split.shards)]
+    return split, plans
+
+
+def kv_cache_bytes_per_device(plans: Sequence[CachePlan], config: Qwen3Config, dtype: Any, minmax: bool,
+                              mesh: Mesh | AbstractMesh) -> int:
+    """Bytes of KV cache (K, V and page summaries) each device holds: one shard's pool (every shard is sized
+    like the largest), its KV heads split over "model" (with their copies, see kv_replicas)."""
+    pages = max(plan.num_pages for plan in plans)
+    pool = dataclasses.replace(plans[0], num_pages=pages).bytes(config, dtype, minmax)
+    return pool * kv_replicas(config, mesh) // mesh.shape[MODEL]
+
+
+def param_bytes_per_device(model: nnx.Module, mesh: Mesh | AbstractMesh) -> int:
+    """Bytes of parameters each device holds under RULES (model real or abstract, e.g. layout.abstract_model)."""
+    total = 0
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        value = var.get_value()
+        spec = partition_spec(param_axes(var), mesh, value.shape)
+        split = math.prod(mesh.shape[axis] for axis in spec if axis is not None)
+        total += math.prod(value.shape) * np.dtype(value.dtype).itemsize // split
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceMemory:
+    """Bytes one device holds for a request on a mesh (activations and XLA workspace come on top)."""
+
+    params: int
+    kv_cache: int
+    kv_replicas: int
+
+
+def memory_per_device(config: Qwen3Config, mesh_shape: tuple[int, int], *, prompt_lengths: Sequence[int],
+                      num_samples: int, max_new_tokens: int, attention: AttentionConfig, dtype: Any
+                      ) -> DeviceMemory:
+    """What `generate` would place on each device of a (data, model) mesh, with no device involved: the
+    parameters split by RULES and the KV cache it sizes (the same plans). Raises ValueError for a mesh the
+    heads do not allow (check_mesh)."""
+    from kinetics_jax.checkpoint import layout  # checkpoint imports this module
+
+    mesh = AbstractMesh(tuple(mesh_shape), MESH_AXES)
+    check_mesh(config, mesh)
+    _, plans = request_plans(prompt_lengths, num_samples, max_new_tokens, attention, mesh_shape[0])
+    model = layout.abstract_model(config, dtype=dtype, param_dtype=dtype)
+    return DeviceMemory(param_bytes_per_device(model, mesh),
+                        kv_cache_bytes_per_device(plans, config, dtype, attention.uses_minmax, mesh),
+                        kv_replicas(config, mesh))
 
 
 def _cluster_detected() -> bool:

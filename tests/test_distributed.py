@@ -3,6 +3,7 @@ split, sharded logits and greedy generation against one device, and orbax / HF r
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import jax
@@ -76,7 +77,7 @@ def test_bad_meshes_and_flags_are_refused():
         with pytest.raises(ValueError, match="mesh shape"):
             distributed.parse_mesh_shape(text)
     model = kj.load_model("kinetics_jax/assets/tiny-random-qwen3", dtype=jnp.float32)  # 2 KV heads
-    with pytest.raises(ValueError, match=r"'model' mesh axis \(8 devices\) must divide the KV heads \(2\)"):
+    with pytest.raises(ValueError, match=r"'model' mesh axis \(8 devices\) must divide the query heads \(4\)"):
         kj.generate(model, [[1, 2, 3]], max_new_tokens=2, mesh=_mesh((1, 8)))
     with pytest.raises(ValueError, match="need --coordinator_address"):
         distributed.initialize(num_processes=2)
@@ -136,6 +137,33 @@ def test_sharded_greedy_generate_gives_the_same_tokens(name, shapes):
         np.testing.assert_array_equal(got.tokens, expected.tokens, err_msg=str(shape))
         np.testing.assert_array_equal(got.lengths, expected.lengths)
         np.testing.assert_array_equal(got.attended_tokens, expected.attended_tokens)
+
+
+GQA4 = kj.Qwen3Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=8, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
+
+
+def test_kv_heads_replicated_when_model_axis_exceeds_them():
+    """2 KV heads over 4 or 8 "model" devices: each device keeps the pages of the one KV head its query heads
+    read, and block selection averages the query group across the devices sharing it (without that average the
+    (1, 8) tokens differ)."""
+    model = _model(GQA4)
+    prompts = _prompts([5, 23, 40], seed=2)
+    attention = kj.AttentionConfig(kind="block_topk", sink=4, block_size=16, block_topk=1, score="quest",
+                                   backend="pallas")
+    kwargs = dict(num_samples=4, max_new_tokens=40, sampling=GREEDY, attention=attention)
+    expected = kj.generate(model, prompts, **kwargs)
+    for shape in [(2, 4), (1, 8)]:
+        mesh = _mesh(shape)
+        assert distributed.kv_replicas(GQA4, mesh) == shape[1] // 2
+        got = kj.generate(model, prompts, mesh=mesh, **kwargs)
+        np.testing.assert_array_equal(got.tokens, expected.tokens, err_msg=str(shape))
+        np.testing.assert_array_equal(got.attended_tokens, expected.attended_tokens)
+    with pytest.raises(ValueError, match="oracle topk"):
+        kj.generate(model, prompts, max_new_tokens=4, mesh=_mesh((1, 8)),
+                    attention=kj.AttentionConfig(kind="topk", topk=8))
+    with pytest.raises(ValueError, match=r"'model' mesh axis \(4 devices\).*KV heads \(6\)"):
+        distributed.check_mesh(dataclasses.replace(GQA4, num_attention_heads=12, num_key_value_heads=6), _mesh((2, 4)))
 
 
 def test_sampled_generate_on_a_mesh_matches_one_device_streams():

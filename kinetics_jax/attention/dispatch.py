@@ -111,15 +111,21 @@ def _inactive(lengths: jax.Array, config: AttentionConfig) -> jax.Array:
 
 def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
                      config: AttentionConfig, *, page_offset: int, num_samples: int = 1,
-                     shared_pages: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                     shared_pages: jax.Array | None = None, head_mean: selection.HeadMean | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
     """One decode step of one layer for B sequences.
 
     q [B, Hq, D] (rotated); cache: pools [L, Hkv, P, ps, D] (the current token already appended); layer: int32
     scalar; page_table int32[B, M]; lengths int32[B] (cached tokens, the current one included); page_offset:
     the cache's empty leading slots (config.page_offset of the cache's policy); num_samples, shared_pages
     int32[P]: B = P x num_samples sequences whose first shared_pages[p] entries are shared (enables the
-    cascade; None: nothing shared). Returns (out [B, Hq, D], KV tokens attended int32[B]).
+    cascade; None: nothing shared); head_mean: when the query heads of a KV head are split over devices, the
+    function that completes group means (distributed.kv_head_mean; block selection uses it). Returns (out
+    [B, Hq, D], KV tokens attended int32[B]).
     """
+    if head_mean is not None and config.kind == "topk":
+        raise ValueError("the oracle topk scores every key with the whole query group; it needs a 'model' mesh "
+                         "axis that divides the KV heads")
     hkv, ps = cache.k.shape[1], cache.page_size
 
     def dense(q):
@@ -135,7 +141,7 @@ def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
         if config.kind == "sliding_window":
             pages = selection.sliding_window_pages(page_table, lengths, hkv, config)
         else:
-            pages = selection.block_topk_pages(q, cache, layer, page_table, lengths, config)
+            pages = selection.block_topk_pages(q, cache, layer, page_table, lengths, config, head_mean)
         return _read(q, cache, layer, pages, config), pages.tokens()[:, 0]
 
     def policy(q):

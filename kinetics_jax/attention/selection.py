@@ -8,13 +8,17 @@ come first and `count` says how many there are, so a kernel never touches the re
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from kinetics_jax.attention.policies import AttentionConfig
 from kinetics_jax.cache import NULL_PAGE, KVCache
+
+
+HeadMean = Callable[[jax.Array], jax.Array]
+"""Completes per-KV-head means over query heads [B, Hkv, D] when a KV head's query group is split over devices."""
 
 
 class PageList(NamedTuple):
@@ -89,27 +93,30 @@ def full_blocks(lengths: jax.Array, config: AttentionConfig) -> jax.Array:
     return jnp.maximum(lengths - config.local - config.sink, 0) // config.block_size
 
 
-def block_scores(q: jax.Array, cache: KVCache, layer: jax.Array, pages: jax.Array, score: str) -> jax.Array:
+def block_scores(q: jax.Array, cache: KVCache, layer: jax.Array, pages: jax.Array, score: str,
+                 head_mean: HeadMean | None = None) -> jax.Array:
     """Group-mean block scores float32[B, Hkv, C] of pages int32[B, C] from the cache's page summaries.
 
     "mean": mean_g q_g . (k_sum / page_size). "quest": mean_g sum_d max(q_gd min_d, q_gd max_d), computed as
     qbar . (min + max) / 2 + mean_g |q_g| . (max - min) / 2 (the same number: max(a x, a y) = a (x + y) / 2 +
-    |a| (y - x) / 2 for x <= y), so no [G, C, D] intermediate is built.
+    |a| (y - x) / 2 for x <= y), so no [G, C, D] intermediate is built. Both only need means over the group, so
+    a group split over devices is handled by `head_mean` (distributed.kv_head_mean) combining them.
     """
     b, hq, d = q.shape
     hkv = cache.k.shape[1]
+    mean = head_mean or (lambda x: x)
     qg = q.reshape(b, hkv, hq // hkv, d).astype(jnp.float32)
-    qbar = jnp.mean(qg, axis=2)
+    qbar = mean(jnp.mean(qg, axis=2))
     if score == "mean":
         means = cache.k_sum[layer, :, pages] / cache.page_size  # [B, C, Hkv, D]
         return jnp.einsum("bkd,bckd->bkc", qbar, means)
     k_min, k_max = cache.k_min[layer, :, pages], cache.k_max[layer, :, pages]
     return (jnp.einsum("bkd,bckd->bkc", qbar, (k_min + k_max) / 2)
-            + jnp.einsum("bkd,bckd->bkc", jnp.mean(jnp.abs(qg), axis=2), (k_max - k_min) / 2))
+            + jnp.einsum("bkd,bckd->bkc", mean(jnp.mean(jnp.abs(qg), axis=2)), (k_max - k_min) / 2))
 
 
 def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
-                     config: AttentionConfig) -> PageList:
+                     config: AttentionConfig, head_mean: HeadMean | None = None) -> PageList:
     """Sink pages, the `block_topk` best full blocks of the middle, and the local pages (the local window plus
     the trailing partial block). q [B, Hq, D]; the cache pages are shifted by config.page_offset so that the
     sink fills pages 0 .. sink_pages - 1 exactly and block j is page-table entry sink_pages + j."""
@@ -126,7 +133,7 @@ def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
         # Only the n_full real candidates are read; the rest point at the null page (one cached line).
         real = jnp.arange(candidates) < n_full[:, 0]
         scores = block_scores(q, cache, layer, jnp.where(real, page_table[:, sink_pages:], NULL_PAGE),
-                              config.score)
+                              config.score, head_mean)
         scores = jnp.where(jnp.arange(candidates) < n_full, scores, -jnp.inf)
         _, best = jax.lax.top_k(scores, chosen)
         # fewer candidates than the budget (policy not active yet): the first n_full of the top_k are all of them

@@ -17,6 +17,7 @@ token buffer -> next power of two >= max_new_tokens (the loop bound itself is a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Sequence
 
@@ -117,7 +118,8 @@ def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.
     """Dense causal pass over right-padded prompts int32[P, T]; their K/V written into a new paged cache through
     the plan's scatter int32[4, n] (page, slot, prompt, token); `minmax`: also keep per-page key min / max.
     Under a `mesh` the prompts, the scatter and the `num_pages` pool are split over "data" (each shard's scatter
-    holds its local page and prompt indices) and the KV heads over "model".
+    holds its local page and prompt indices) and the KV heads over "model" (copied distributed.kv_replicas
+    times when "model" is larger than the KV head count).
     Returns (logits [P, V] at each prompt's last token, cache)."""
     num_prompts, prompt_len = prompt_ids.shape
     valid = jnp.arange(prompt_len)[None, :] < prompt_lengths[:, None]
@@ -127,9 +129,10 @@ def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.
         return causal_attention(q, k, v, valid), carry, (k, v)
 
     hidden, _, ys = model.hidden_states(prompt_ids, positions, attend)
-    k_all = jnp.concatenate([y[0] for y in ys], axis=0)  # [L, P, T, Hkv, D]
-    v_all = jnp.concatenate([y[1] for y in ys], axis=0)
-    cache = KVCache.zeros(model.config, num_pages, page_size, k_all.dtype, minmax)
+    replicas = distributed.kv_replicas(model.config, mesh)
+    k_all = jnp.repeat(jnp.concatenate([y[0] for y in ys], axis=0), replicas, axis=3)  # [L, P, T, Hkv, D]
+    v_all = jnp.repeat(jnp.concatenate([y[1] for y in ys], axis=0), replicas, axis=3)
+    cache = KVCache.zeros(model.config, num_pages, page_size, k_all.dtype, minmax, replicas)
     cache_axes = _cache_axes(minmax)
     if mesh is not None:
         cache = jax.lax.with_sharding_constraint(
@@ -169,10 +172,13 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
     page = page_table[jnp.arange(batch), (positions + offset) // page_size]
     slot = (positions + offset) % page_size
 
+    replicas = distributed.kv_replicas(model.config, mesh)
+    head_mean = None if replicas == 1 else functools.partial(distributed.kv_head_mean, replicas=replicas)
+
     def local(q, k, v, layer, cache, page, slot, page_table, lengths, shared_pages):
         cache = cache.append(layer, page, slot, k, v)
         out, attended = decode_attention(q, cache, layer, page_table, lengths, attention, page_offset=offset,
-                                         num_samples=num_samples, shared_pages=shared_pages)
+                                         num_samples=num_samples, shared_pages=shared_pages, head_mean=head_mean)
         return out, cache, attended[:, None]
 
     rows, cache_axes = (distributed.BATCH,), _cache_axes(cache.k_min is not None)
@@ -183,8 +189,9 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
         (q_axes, cache_axes, (distributed.BATCH, KV_HEADS)))  # attended: one column per "model" shard
 
     def attend(q, k, v, layer, cache):
-        out, cache, attended = step(q[:, 0], k[:, 0], v[:, 0], layer, cache, page, slot, page_table,
-                                    positions + 1, shared_pages)
+        k, v = (jnp.repeat(x[:, 0], replicas, axis=1) for x in (k, v))  # a KV head's copies (usually 1)
+        out, cache, attended = step(q[:, 0], k, v, layer, cache, page, slot, page_table, positions + 1,
+                                    shared_pages)
         return out[:, None], cache, jnp.sum(jnp.where(active, attended[:, 0], 0))
 
     hidden, cache, ys = model.hidden_states(tokens[:, None], positions[:, None], attend, cache)
@@ -355,33 +362,29 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     attention.check_layers(model.config.num_hidden_layers)
     mesh = distributed.local_mesh() if mesh is None else mesh
     distributed.check_mesh(model.config, mesh)
-    split = distributed.DataSplit.of(len(arrays), num_samples, mesh.shape[distributed.DATA])
+    split, plans = distributed.request_plans([a.size for a in arrays], num_samples, max_new_tokens, attention,
+                                             mesh.shape[distributed.DATA])
     padded_prompts = arrays + [arrays[-1]] * (split.prompt_groups * split.prompts_per_shard - len(arrays))
     padded_streams = np.concatenate([streams, np.repeat(streams[-1:], len(padded_prompts) - len(arrays))])
-    shard_prompts = [split.shard_rows(d)[0] for d in range(split.shards)]
-    plans = [CachePlan.for_request([padded_prompts[i].size for i in rows], split.samples_per_shard,
-                                   max_new_tokens, attention.block_size, page_offset=attention.page_offset,
-                                   pad_pages_to=64) for rows in shard_prompts]
-    pages = max(plan.num_pages for plan in plans)  # per shard
-    need = dataclasses.replace(plans[0], num_pages=pages).bytes(model.config, model.dtype, attention.uses_minmax)
-    need //= mesh.shape[distributed.MODEL]  # the KV heads are split over "model"
+    need = distributed.kv_cache_bytes_per_device(plans, model.config, model.dtype, attention.uses_minmax, mesh)
     budget = cache_budget_bytes or _memory_budget()
     if need > budget:
         raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache per device ({len(arrays)} prompts x "
                          f"{num_samples} samples, {max(a.size for a in arrays)} + {max_new_tokens} tokens, "
                          f"mesh {dict(mesh.shape)}) but the budget is {budget / 2**30:.2f} GiB")
     inputs = _shard_inputs(plans, split, padded_prompts, padded_streams, len(arrays))
-    graphdef, state = nnx.split(model)
-    state = distributed.place_params(model, mesh)
-    static = _Static(graphdef, mesh, sampling, attention, split.samples_per_shard, _bucket(max_new_tokens),
-                     split.shards * pages, tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
-    put = lambda name, axes: distributed.put(inputs[name], axes, mesh)
-    rows, everywhere = (distributed.BATCH,), None
+    static = _Static(nnx.graphdef(model), mesh, sampling, attention, split.samples_per_shard,
+                     _bucket(max_new_tokens), split.shards * max(plan.num_pages for plan in plans),
+                     tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
+    rows, table = (distributed.BATCH,), (distributed.BATCH, None)
+    axes = {"prompt_ids": table, "prompt_lengths": rows, "page_table": table, "shared_pages": rows,
+            "scatter": (None, distributed.BATCH), "row_streams": rows, "row_samples": rows, "row_real": rows}
+    arg = {name: distributed.put(inputs[name], axes[name], mesh) for name in axes}
+    scalar = lambda x: distributed.put(np.int32(x), None, mesh)
     tokens, generated, reason, attended, steps = _generate_jit(
-        static, state, put("prompt_ids", (distributed.BATCH, None)), put("prompt_lengths", rows),
-        put("page_table", (distributed.BATCH, None)), put("shared_pages", rows), put("scatter", (None, distributed.BATCH)),
-        distributed.put(np.int32(max_new_tokens), everywhere, mesh), distributed.put(np.int32(seed), everywhere, mesh),
-        put("row_streams", rows), put("row_samples", rows), put("row_real", rows))
+        static, distributed.place_params(model, mesh), arg["prompt_ids"], arg["prompt_lengths"], arg["page_table"],
+        arg["shared_pages"], arg["scatter"], scalar(max_new_tokens), scalar(seed), arg["row_streams"],
+        arg["row_samples"], arg["row_real"])
     order = _result_rows(split, len(arrays))  # [P, N] -> row of the sharded batch
     tokens, generated, reason = (np.asarray(x)[order] for x in (tokens, generated, reason))
     return GenerationResult(
