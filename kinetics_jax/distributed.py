@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -217,10 +216,20 @@ def per_shard(fn: Callable, mesh: Mesh | None, in_axes: Any, out_axes: Any) -> C
     if mesh is None:
         return fn
     to_spec = lambda axes: PartitionSpec() if axes is None else partition_spec(axes, mesh)
-    is_leaf = lambda x: x is None or (isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x))
-    in_specs = jax.tree.map(to_spec, in_axes, is_leaf=is_leaf)
-    out_specs = jax.tree.map(to_spec, out_axes, is_leaf=is_leaf)
+    in_specs = jax.tree.map(to_spec, in_axes, is_leaf=_is_axes)
+    out_specs = jax.tree.map(to_spec, out_axes, is_leaf=_is_axes)
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+def _is_axes(x: Any) -> bool:
+    """A leaf of an axes tree: a tuple of logical names (None entries allowed), or None."""
+    return x is None or (isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x))
+
+
+def constrain(tree: Any, axes: Any, mesh: Mesh) -> Any:
+    """with_sharding_constraint by logical axes (a tree of axes tuples matching `tree`; None leaves: absent)."""
+    shardings = jax.tree.map(lambda a: a and sharding(a, mesh), axes, is_leaf=_is_axes)
+    return jax.lax.with_sharding_constraint(tree, shardings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,8 +348,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise ValueError(f"--process_id must be in [0, {num_processes}), got {process_id}")
     if not explicit and not _cluster_detected():
         return
-    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or explicit:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # ignored by GPU/TPU backends
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; GPU / TPU ignore it
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),

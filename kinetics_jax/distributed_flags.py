@@ -11,6 +11,7 @@ the flag.
 
 from __future__ import annotations
 
+import jax
 from absl import flags, logging
 from jax.sharding import Mesh
 
@@ -34,8 +35,6 @@ def mesh_from_flags() -> Mesh:
     """Starts jax.distributed when the flags or the environment ask for it, then the mesh the flags describe."""
     shape = distributed.parse_mesh_shape(FLAGS.mesh_shape)  # check before starting anything
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    import jax  # only now may a backend start
-
     logging.info("process %d of %d, backend %s, %d devices", jax.process_index(), jax.process_count(),
                  jax.default_backend(), jax.device_count())
     mesh = distributed.make_mesh(shape)

@@ -135,8 +135,7 @@ def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.
     cache = KVCache.zeros(model.config, num_pages, page_size, k_all.dtype, minmax, replicas)
     cache_axes = _cache_axes(minmax)
     if mesh is not None:
-        cache = jax.lax.with_sharding_constraint(
-            cache, jax.tree.map(lambda axes: axes and distributed.sharding(axes, mesh), cache_axes, is_leaf=_is_axes))
+        cache = distributed.constrain(cache, cache_axes, mesh)
 
     def fill(cache: KVCache, k_all: jax.Array, v_all: jax.Array, scatter: jax.Array) -> KVCache:
         pages, slots, src_prompt, src_token = scatter
@@ -146,10 +145,6 @@ def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.
     cache = distributed.per_shard(fill, mesh, (cache_axes, kv_axes, kv_axes, (None, distributed.BATCH)),
                                   cache_axes)(cache, k_all, v_all, scatter)
     return model.logits(hidden[jnp.arange(num_prompts), prompt_lengths - 1]), cache
-
-
-def _is_axes(x) -> bool:
-    return x is None or (isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x))
 
 
 def _cache_axes(minmax: bool) -> KVCache:
