@@ -256,6 +256,10 @@ class DataSplit:
         return cls(shards, prompt_groups, sample_groups, -(-num_prompts // prompt_groups),
                    num_samples // sample_groups)
 
+    def pad(self, prompts: Sequence[Any]) -> list[Any]:
+        """Per-prompt items padded to prompt_groups * prompts_per_shard by repeating the last one."""
+        return list(prompts) + [prompts[-1]] * (self.prompt_groups * self.prompts_per_shard - len(prompts))
+
     def shard_rows(self, d: int) -> tuple[range, range]:
         """(prompt indices (padded), sample indices) of shard d."""
         i, j = divmod(d, self.sample_groups)
@@ -267,8 +271,7 @@ def request_plans(prompt_lengths: Sequence[int], num_samples: int, max_new_token
                   data_shards: int) -> tuple[DataSplit, list[CachePlan]]:
     """The data split of a request and each shard's cache plan (local page ids, pools rounded to 64 pages)."""
     split = DataSplit.of(len(prompt_lengths), num_samples, data_shards)
-    padded = list(prompt_lengths) + [prompt_lengths[-1]] * (split.prompt_groups * split.prompts_per_shard
-                                                            - len(prompt_lengths))
+    padded = split.pad(prompt_lengths)
     plans = [CachePlan.for_request([padded[i] for i in split.shard_rows(d)[0]], split.samples_per_shard,
                                    max_new_tokens, attention.block_size, page_offset=attention.page_offset,
                                    pad_pages_to=64) for d in range(split.shards)]

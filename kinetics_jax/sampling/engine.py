@@ -280,14 +280,15 @@ def _validate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], num_sam
 
 
 def _shard_inputs(plans: list[CachePlan], split: distributed.DataSplit, prompts: list[np.ndarray],
-                  streams: np.ndarray, num_prompts: int) -> dict[str, np.ndarray]:
+                  streams: np.ndarray) -> dict[str, np.ndarray]:
     """The host arrays of a request cut into data shards, shard-major: shard d owns rows d * R .. (d + 1) * R - 1
     of every array (its prompts, its rows, its slice of the scatter); page ids are local to the shard's pool.
 
     prompt_ids int32[S * Pl, T] (right-padded to a length bucket), prompt_lengths and shared_pages int32[S * Pl],
     page_table int32[S * Pl * Nl, W], scatter int32[4, S * n], row_streams / row_samples int32[S * Pl * Nl] (each
-    row's PRNG stream and global sample index), row_real bool[S * Pl * Nl] (False: a padding prompt's row).
-    `prompts` and `streams` are padded to the split; the first `num_prompts` are real."""
+    row's PRNG stream and global sample index), row_real bool[S * Pl * Nl] (False: a padding prompt's row)."""
+    num_prompts = len(prompts)
+    prompts, streams = split.pad(prompts), np.asarray(split.pad(list(streams)))
     prompt_len = _bucket(max(p.size for p in prompts), 16)
     width = _bucket(max(plan.page_table.shape[1] for plan in plans))
     n = _bucket(max(plan.prefill_page.size for plan in plans))
@@ -359,15 +360,13 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     distributed.check_mesh(model.config, mesh)
     split, plans = distributed.request_plans([a.size for a in arrays], num_samples, max_new_tokens, attention,
                                              mesh.shape[distributed.DATA])
-    padded_prompts = arrays + [arrays[-1]] * (split.prompt_groups * split.prompts_per_shard - len(arrays))
-    padded_streams = np.concatenate([streams, np.repeat(streams[-1:], len(padded_prompts) - len(arrays))])
     need = distributed.kv_cache_bytes_per_device(plans, model.config, model.dtype, attention.uses_minmax, mesh)
     budget = cache_budget_bytes or _memory_budget()
     if need > budget:
         raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache per device ({len(arrays)} prompts x "
                          f"{num_samples} samples, {max(a.size for a in arrays)} + {max_new_tokens} tokens, "
                          f"mesh {dict(mesh.shape)}) but the budget is {budget / 2**30:.2f} GiB")
-    inputs = _shard_inputs(plans, split, padded_prompts, padded_streams, len(arrays))
+    inputs = _shard_inputs(plans, split, arrays, streams)
     static = _Static(nnx.graphdef(model), mesh, sampling, attention, split.samples_per_shard,
                      _bucket(max_new_tokens), split.shards * max(plan.num_pages for plan in plans),
                      tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
