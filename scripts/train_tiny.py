@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -101,16 +102,21 @@ def main(argv: list[str]) -> int:
     model = state.model()
     problems = [task.make_problem(EVAL_SEED, i) for i in range(_EVAL.value)]
     accuracy = greedy_accuracy(model, problems) if problems else None
-    output = _OUTPUT.value or os.path.join(workdir, "final")
-    kj.save_checkpoint(model, output, overwrite=True)
-    task.write_tokenizer(output)
-    with open(os.path.join(output, "training.json"), "w") as f:
+    output = os.path.abspath(_OUTPUT.value or os.path.join(workdir, "final"))
+    # The export is assembled beside the output and renamed into place whole: never a checkpoint without its
+    # tokenizer or record.
+    staging = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.export")
+    kj.save_checkpoint(model, staging, overwrite=True)
+    task.write_tokenizer(staging)
+    with open(os.path.join(staging, "training.json"), "w") as f:
         json.dump({**run, "train_seconds": round(history["seconds"], 1),
                    "final_loss": float(np.mean(history["loss"][-100:])), "greedy_accuracy": accuracy,
                    "eval_problems": _EVAL.value, "eval_seed": EVAL_SEED,
                    "loss_every_100": [round(float(np.mean(history["loss"][i:i + 100])), 4)
                                       for i in range(0, len(history["loss"]), 100)],
                    "jax": jax.__version__}, f, indent=1)
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(staging, output)
     logging.info("%s: final loss %.4f, greedy accuracy %s on %d held-out problems, %.0f s of training; wrote %s",
                  _MODEL.value, np.mean(history["loss"][-100:]), accuracy, _EVAL.value, history["seconds"], output)
     return 0
