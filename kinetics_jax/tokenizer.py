@@ -22,6 +22,8 @@ import jinja2.ext
 import jinja2.sandbox
 import tokenizers
 
+from kinetics_jax.checkpoint import shipped
+
 _SPECIAL_TOKEN_FIELDS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -66,8 +68,8 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> "Tokenizer":
         """Reads tokenizer.json, tokenizer_config.json (special tokens, chat template), chat_template.jinja and
-        generation_config.json (EOS ids) from a model or checkpoint directory."""
-        path = os.fspath(path)
+        generation_config.json (EOS ids) from a model or checkpoint directory, or a shipped checkpoint's name."""
+        path = shipped.resolve(path)
         tokenizer_file = os.path.join(path, "tokenizer.json")
         if not os.path.exists(tokenizer_file):
             raise ValueError(f"no tokenizer.json in {path}")

@@ -1,6 +1,6 @@
 """Trains one model of the embedded tiny Qwen3 family on the pointer-chasing task; resumable to the bit.
 
-    python scripts/train_tiny.py --model=tiny-s --steps=3000 --workdir=runs/train \
+    python scripts/train_tiny.py --model=tiny-s --steps=2000 --workdir=runs/train \
         --output=kinetics_jax/assets/tiny/tiny-s
 
 Every --checkpoint_every steps the parameters, the optimizer state and the step (which is also the data
@@ -30,7 +30,8 @@ from kinetics_jax.tiny import task, train
 
 _MODEL = flags.DEFINE_enum("model", "tiny-s", sorted(train.FAMILY), "Which model of the family.")
 _STEPS = flags.DEFINE_integer("steps", train.TrainConfig.steps, "Training steps.", lower_bound=1)
-_BATCH = flags.DEFINE_integer("batch", train.TrainConfig.batch, "Problems per step.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch", train.TrainConfig.batch,
+                              "Problems per long step (a short step has 4x as many).", lower_bound=1)
 _LR = flags.DEFINE_float("lr", train.TrainConfig.lr, "Peak learning rate.")
 _WARMUP = flags.DEFINE_integer("warmup", train.TrainConfig.warmup, "Warm-up steps.", lower_bound=0)
 _SEED = flags.DEFINE_integer("seed", 0, "Parameter init seed.")
@@ -41,14 +42,6 @@ _OUTPUT = flags.DEFINE_string("output", None, "Export directory (default: <workd
 _EVAL = flags.DEFINE_integer("eval_problems", 64, "Held-out problems for the final greedy accuracy.",
                              lower_bound=0)
 EVAL_SEED = 1
-
-
-def greedy_accuracy(model: kj.Qwen3ForCausalLM, problems: list[task.Problem]) -> float:
-    """Fraction of `problems` the model answers correctly with greedy decoding."""
-    prompts = [task.encode(p.prompt()) for p in problems]
-    result = kj.generate(model, prompts, max_new_tokens=task.MAX_TOKENS - task.PROMPT_TOKENS,
-                         sampling=kj.SamplingConfig.greedy_config(), eos_token_ids=[task.TOKEN_ID[task.EOS]])
-    return float(np.mean([task.check(task.decode(result.sequences(i, 0)), p) for i, p in enumerate(problems)]))
 
 
 def main(argv: list[str]) -> int:
@@ -101,7 +94,7 @@ def main(argv: list[str]) -> int:
     history["seconds"] += time.perf_counter() - start
     model = state.model()
     problems = [task.make_problem(EVAL_SEED, i) for i in range(_EVAL.value)]
-    accuracy = greedy_accuracy(model, problems) if problems else None
+    accuracy = train.greedy_accuracy(model, problems) if problems else None
     output = os.path.abspath(_OUTPUT.value or os.path.join(workdir, "final"))
     # The export is assembled beside the output and renamed into place whole: never a checkpoint without its
     # tokenizer or record.

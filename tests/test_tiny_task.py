@@ -45,13 +45,22 @@ def test_problem_is_a_single_cycle_and_solution_walks_it(index):
 
 
 @pytest.mark.parametrize("index", range(30))
-def test_smaller_training_graphs_are_cycles_over_their_nodes(index):
-    problem = task.training_problem(5, index)
+@pytest.mark.parametrize("short", [True, False])
+def test_training_graphs_are_cycles_over_their_nodes(index, short):
+    problem = task.training_problem(5, index, short)
     nodes, hops = _walk_from_text(problem.prompt())
     used = [i for i in range(task.NODES) if problem.successor[i] >= 0]
-    assert 4 <= len(used) <= task.NODES and len(set(nodes)) == hops + 1 and hops < len(used)
+    lo, hi = (task.SHORT_NODES if short else (task.SHORT_NODES[1] + 1, task.NODES))
+    assert lo <= len(used) <= hi and len(set(nodes)) == hops + 1 and hops < len(used)
     assert len(task.encode(problem.prompt())) == 3 * len(used) + 10
+    assert len(task.encode(problem.prompt() + " " + problem.solution())) <= (task.SHORT_TOKENS if short
+                                                                             else task.MAX_TOKENS)
     assert task.check(problem.solution(), problem)
+
+
+def test_a_quarter_of_the_steps_are_long():
+    long = 1 - np.mean([task.is_short_step(0, s) for s in range(4000)])
+    assert abs(long - 0.25) < 0.03  # binomial sd sqrt(0.25 * 0.75 / 4000) = 0.007
 
 
 def test_bad_problem_sizes_are_refused():
@@ -92,11 +101,14 @@ def test_chance_is_below_one_percent():
     assert hits / (200 * 50) < 0.01
 
 
-def test_training_batch_masks_only_the_solution():
-    tokens, mask = task.training_batch(0, 3, 4)
-    assert tokens.shape == mask.shape == (4, task.MAX_TOKENS)
-    for b in range(4):
-        problem = task.training_problem(0, 3 * 4 + b)
+@pytest.mark.parametrize("short", [True, False])
+def test_training_batch_masks_only_the_solution(short):
+    step = next(s for s in range(100) if task.is_short_step(0, s) == short)
+    tokens, mask = task.training_batch(0, step, 4)
+    rows, width = (4 * task.SHORT_PER_LONG, task.SHORT_TOKENS) if short else (4, task.MAX_TOKENS)
+    assert tokens.shape == mask.shape == (rows, width)
+    for b in range(rows):
+        problem = task.training_problem(0, step * 4 * task.SHORT_PER_LONG + b, short)
         ids = task.encode(problem.prompt()) + task.encode(problem.solution())
         np.testing.assert_array_equal(tokens[b, :len(ids)], ids)
         assert (tokens[b, len(ids):] == task.TOKEN_ID[task.PAD]).all()

@@ -28,7 +28,7 @@ try:  # orbax >= 0.12 exposes v1 under experimental; later releases as orbax.che
 except ImportError:  # pragma: no cover - depends on the installed orbax
     from orbax.checkpoint.experimental import v1 as ocp
 
-from kinetics_jax.checkpoint import layout
+from kinetics_jax.checkpoint import layout, shipped
 from kinetics_jax.checkpoint.hf import CheckpointError, HFCheckpoint, load_hf_checkpoint
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model import Qwen3ForCausalLM
@@ -196,7 +196,7 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: D
     under kinetics_jax.distributed.RULES: each process reads only the shards its devices hold, and no process
     ever holds a whole parameter on the host.
     """
-    ckpt_dir = os.path.abspath(os.fspath(ckpt_dir))  # orbax metadata lookups need an absolute path
+    ckpt_dir = os.path.abspath(shipped.resolve(ckpt_dir))  # orbax metadata lookups need an absolute path
     config = Qwen3Config.from_hf_config(os.path.join(ckpt_dir, CONFIG_FILE))
     params_dir = os.path.join(ckpt_dir, PARAMS_DIR)
     _checked_metadata(params_dir, config)
@@ -224,7 +224,9 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: D
 
 def load_model(path: str | os.PathLike, *, dtype: DType, mesh: Mesh | None = None) -> Qwen3ForCausalLM:
     """Loads either format: the project's orbax checkpoint (a directory with params/) or a Hugging Face
-    directory (config.json + safetensors); `mesh`: place the parameters on it (see load_checkpoint)."""
+    directory (config.json + safetensors), or a shipped checkpoint's name ("tiny-s", see checkpoint/shipped.py);
+    `mesh`: place the parameters on it (see load_checkpoint)."""
+    path = shipped.resolve(path)
     if os.path.isdir(os.path.join(path, "params")):
         return load_checkpoint(path, dtype=dtype, mesh=mesh)
     return load_hf_checkpoint(path, dtype=dtype, mesh=mesh)

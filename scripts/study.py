@@ -1,0 +1,134 @@
+"""The main job: the Kinetics study in miniature on the shipped tiny family, or at scale on real checkpoints.
+
+    python scripts/study.py                        # tiny-s/m/l x {dense, block top-k} x {Best-of-N, long CoT}
+    python scripts/study.py --problems=256 --num_samples=32 --policies=dense,block_topk-16,block_topk-32
+    python scripts/study.py --models=ckpt/qwen3-0.6b,ckpt/qwen3-1.7b --task=aime24 \
+        --dataset_path=data/aime24.jsonl --num_samples=16 --dtype=bfloat16 --attention_backend=pallas \
+        --policies=dense,block_topk-256 --temperature=0.6 --top_p=0.95 --top_k=20
+
+For every model (a shipped name or a checkpoint directory, orbax or Hugging Face) and attention policy, it samples
+--num_samples chains per problem once and records them twice: as a Best-of-N run (pass@k over k of the N
+samples) and as a long-CoT run (each chain cut at the truncation budgets). Every record is priced with the
+eFLOPs model; kinetics_jax.scaling turns them into frontiers under FLOPs and eFLOPs, the optimal model per budget
+and dense vs sparse frontiers (--out_dir/<strategy>/), and the study writes its own table and figure
+(--out_dir/summary.md, summary.csv, summary.json, study.png). Records go to --out_dir/records/ as they are made:
+a killed study restarted with the same flags continues where it stopped.
+
+The task "chase" is the tiny family's pointer chasing (kinetics_jax/tiny/task.py) on held-out problems; the math
+tasks use the Kinetics prompt, the chat template (thinking on) and math-verify grading. Sampling defaults to
+temperature 1 without truncation (at the Kinetics T 0.6 / top-p 0.95 the tiny models' chains are nearly
+deterministic, and Best-of-N has nothing to choose from); give the Kinetics flags for real models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+import jax.numpy as jnp
+from tqdm import tqdm
+
+import kinetics_jax as kj
+from kinetics_jax import cost, scaling
+from kinetics_jax.attention.policies import BACKENDS
+from kinetics_jax.checkpoint import shipped
+from kinetics_jax.eval import datasets, results
+from kinetics_jax.sampling import flags as sampling_flags
+from kinetics_jax.tiny import report, study
+
+_MODELS = flags.DEFINE_list("models", list(shipped.SHIPPED), "Shipped names or checkpoint directories.")
+_POLICIES = flags.DEFINE_list("policies", ["dense", "block_topk-32", "block_topk-64"],
+                              "Attention policies: dense, block_topk-<tokens>, topk-<tokens>, sliding_window-<tokens>.")
+_BLOCK_SIZE = flags.DEFINE_integer("block_size", 16, "Tokens per block (and KV cache page).", lower_bound=1)
+_BACKEND = flags.DEFINE_enum("attention_backend", "xla", BACKENDS, "Decode attention kernels: xla or pallas.")
+_TASK = flags.DEFINE_enum("task", "chase", ("chase",) + datasets.DATASETS, "What the models are evaluated on.")
+_DATASET_PATH = flags.DEFINE_string("dataset_path", None, "Local .jsonl / .parquet of a math --task.")
+_PROBLEMS = flags.DEFINE_integer("problems", 48, "Problems per configuration.", lower_bound=1)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Samples per problem (N).", lower_bound=1)
+_BATCH = flags.DEFINE_integer("problems_per_batch", 16, "Problems decoded together (x N sequences).",
+                              lower_bound=1)
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Generation budget per sample (default: the task's).",
+                                lower_bound=1)
+_BUDGETS = flags.DEFINE_list("truncation_budgets", None, "Long-CoT budgets in tokens (default: the task's).")
+sampling_flags.define_flags()
+flags.FLAGS.set_default("temperature", 1.0)
+flags.FLAGS.set_default("top_p", 1.0)
+flags.FLAGS.set_default("top_k", 0)
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["bfloat16", "float32"], "Compute and parameter dtype.")
+_HARDWARE = flags.DEFINE_enum("hardware", "B200", sorted(cost.HARDWARE), "Hardware eFLOPs are priced on.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/study", "Output directory.")
+
+
+def _task() -> study.Task:
+    overrides = {}
+    if _MAX_NEW.value is not None:
+        overrides["max_new_tokens"] = _MAX_NEW.value
+    if _BUDGETS.value is not None:
+        budgets = sorted({int(b) for b in _BUDGETS.value})
+        if budgets and budgets[0] < 1:
+            raise ValueError(f"--truncation_budgets must be >= 1, got {budgets[0]}")
+        overrides["truncation_budgets"] = tuple(budgets)
+    if _TASK.value == "chase":
+        if _DATASET_PATH.value:
+            raise ValueError("--dataset_path is for the math tasks; the chase task generates its problems")
+        return study.ChaseTask(**overrides)
+    if not _DATASET_PATH.value:
+        raise ValueError(f"--task={_TASK.value} needs --dataset_path (a local .jsonl or .parquet)")
+    return study.MathTask(_DATASET_PATH.value, name=_TASK.value, **overrides)
+
+
+def _policies() -> list[kj.AttentionConfig]:
+    policies = []
+    for label in _POLICIES.value:
+        attention = study.parse_policy(label, _BLOCK_SIZE.value)
+        policies.append(dataclasses.replace(attention, backend=_BACKEND.value))
+    if not policies:
+        raise ValueError("--policies is empty")
+    return policies
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    try:
+        task = _task()
+        policies = _policies()
+        settings = study.Settings(problems=_PROBLEMS.value, num_samples=_NUM_SAMPLES.value,
+                                  problems_per_batch=_BATCH.value, sampling=sampling_flags.config_from_flags(),
+                                  seed=_SEED.value, hardware=_HARDWARE.value)
+        names = [os.path.basename(os.path.normpath(m)) for m in _MODELS.value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--models must have distinct directory names, got {names}")
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    start = time.perf_counter()
+    total = len(names) * len(policies) * settings.problems * settings.num_samples
+    with tqdm(total=total, unit="sample", desc="study") as bar:
+        for path, name in zip(_MODELS.value, names):
+            model = kj.load_model(path, dtype=jnp.dtype(_DTYPE.value))
+            tokenizer = kj.Tokenizer.from_dir(path)
+            for attention in policies:
+                bar.set_postfix(model=name, policy=scaling.policy_label(attention))
+                study.run_config(model, tokenizer, name, task, attention, settings, _OUT_DIR.value, bar,
+                                 checkpoint=os.path.abspath(shipped.resolve(path)))
+    paths = [study.records_path(_OUT_DIR.value, name, attention, strategy) for name in names
+             for attention in policies for strategy in scaling.STRATEGIES]
+    records = results.read_records(paths)
+    analyses = study.analyze(records, _HARDWARE.value, _OUT_DIR.value)
+    rows = study.summary_rows(records, _HARDWARE.value)
+    intro = (f"{task.name}: {settings.problems} problems x {settings.num_samples} samples "
+             f"(T {settings.sampling.temperature}), {len(names)} models, {len(policies)} attention policies, "
+             f"priced on {_HARDWARE.value}")
+    written = report.write(rows, analyses, _OUT_DIR.value, hardware=_HARDWARE.value, intro=intro)
+    print("\n" + report.markdown(rows, analyses, intro))
+    logging.info("study done in %.0f s; wrote %s and the scaling reports in %s/{%s}", time.perf_counter() - start,
+                 ", ".join(os.path.basename(p) for p in written), _OUT_DIR.value, ",".join(analyses))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
