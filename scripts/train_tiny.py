@@ -32,7 +32,7 @@ _MODEL = flags.DEFINE_enum("model", "tiny-s", sorted(train.FAMILY), "Which model
 _STEPS = flags.DEFINE_integer("steps", train.TrainConfig.steps, "Training steps.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch", train.TrainConfig.batch,
                               "Problems per long step (a short step has 4x as many).", lower_bound=1)
-_LR = flags.DEFINE_float("lr", train.TrainConfig.lr, "Peak learning rate.")
+_LR = flags.DEFINE_float("lr", None, "Peak learning rate (default: the model's, train.PEAK_LR).")
 _WARMUP = flags.DEFINE_integer("warmup", train.TrainConfig.warmup, "Warm-up steps.", lower_bound=0)
 _SEED = flags.DEFINE_integer("seed", 0, "Parameter init seed.")
 _DATA_SEED = flags.DEFINE_integer("data_seed", 0, "Training problems seed (evaluation uses seed 1).")
@@ -47,7 +47,8 @@ EVAL_SEED = 1
 def main(argv: list[str]) -> int:
     del argv
     try:
-        config = train.TrainConfig(steps=_STEPS.value, batch=_BATCH.value, lr=_LR.value, warmup=_WARMUP.value,
+        lr = train.PEAK_LR[_MODEL.value] if _LR.value is None else _LR.value
+        config = train.TrainConfig(steps=_STEPS.value, batch=_BATCH.value, lr=lr, warmup=_WARMUP.value,
                                    seed=_SEED.value, data_seed=_DATA_SEED.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None

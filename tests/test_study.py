@@ -110,7 +110,7 @@ def test_summary_rows_match_a_hand_count():
     assert row.majority == pytest.approx(0.5 / 2)  # a: tie between v1 v2 and v5 v6; b: no answer
     assert row.mean_length == pytest.approx((120 * 7 + 60) / 8)
     # At 64 and 112 tokens only the 60-token sample (correct) counts: 1 of 8 samples.
-    assert row.truncation == {64: pytest.approx(1 / 8), 112: pytest.approx(1 / 8)}
+    assert row.truncation == {64: pytest.approx(1 / 8), 112: pytest.approx(1 / 8), 128: pytest.approx(2 / 8)}
     assert row.cost_at[1]["flops"] < row.cost_at[2]["flops"] < row.cost_at[4]["flops"] == row.flops
 
 

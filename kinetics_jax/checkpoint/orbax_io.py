@@ -189,7 +189,8 @@ def _checked_metadata(params_dir: str, config: Qwen3Config) -> dict[str, tuple[i
 
 def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: DType | None = None,
                     mesh: Mesh | None = None) -> Qwen3ForCausalLM:
-    """Restores a checkpoint written by `convert_hf_checkpoint` / `save_checkpoint`.
+    """Restores a checkpoint written by `convert_hf_checkpoint` / `save_checkpoint`, from its directory or by the
+    name of a shipped one ("tiny-s", "tiny-m", "tiny-l": kinetics_jax/checkpoint/shipped.py).
 
     Each model leaf is restored from its per-layer arrays (cast to `param_dtype`, default `dtype`) and stacked,
     so peak memory is the model plus one leaf. With a `mesh` every array is restored straight into its sharding

@@ -26,6 +26,7 @@ from kinetics_jax.tiny.study import Row
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 _STYLES = ("-", "--", ":", "-.")
+_NAMES = {"flops": "FLOPs", "eflops": "eFLOPs"}
 
 
 def _styles(rows: Sequence[Row]) -> tuple[dict[str, str], dict[str, str]]:
@@ -50,7 +51,7 @@ def plot_overview(rows: Sequence[Row], analyses: Mapping[str, scaling.Analysis],
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="FLOPs per problem" if cost_model == "flops" else f"eFLOPs per problem ({hardware})",
-               ylabel="pass@k", ylim=(-0.02, 1.02), title=f"Best-of-N: pass@k, k = 1, 2, 4, ... ({cost_model})")
+               ylabel="pass@k", ylim=(-0.02, 1.02), title=f"Best-of-N: pass@k, k = 1, 2, 4, ... against {_NAMES[cost_model]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax = axes[1][0]

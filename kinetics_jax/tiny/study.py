@@ -103,7 +103,7 @@ class Settings:
     """problems: how many; num_samples: N per problem; problems_per_batch: problems decoded together (x N
     sequences: XLA:CPU slows down super-linearly past a few hundred); hardware: what eFLOPs are priced on."""
 
-    problems: int = 48
+    problems: int = 64
     num_samples: int = 8
     problems_per_batch: int = 16
     sampling: SamplingConfig = SamplingConfig()
@@ -197,8 +197,9 @@ def run_config(model: Qwen3ForCausalLM, tokenizer: Tokenizer, name: str, task: T
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One (model, policy) of the summary table, means over the problems: pass@k (k = 1, 2, 4, ... N), majority
-    vote of the N answers, generated tokens per sample, accuracy of a sample cut at each truncation budget, and
-    cost_at[k]: {"flops", "eflops"} per problem of k samples (eFLOPs on the study's hardware)."""
+    vote of the N answers, generated tokens per sample, truncation[b]: accuracy of a sample cut at b tokens (b =
+    max_new_tokens: uncut), and cost_at[k]: {"flops", "eflops"} per problem of k samples (eFLOPs on the study's
+    hardware)."""
 
     model: str
     params: int
@@ -242,7 +243,8 @@ def summary_rows(records: Sequence[dict[str, Any]], hardware: str) -> list[Row]:
         budgets = sorted({b for r in records for b in map(int, r["config"]["truncation_budgets"])}) or [
             run.max_new_tokens]
         truncation = {b: float(np.mean([s.correct if s.length <= b else s.truncation.get(b, False)
-                                        for s in samples])) for b in budgets}
+                                        for s in samples])) for b in budgets if b < run.max_new_tokens}
+        truncation[run.max_new_tokens] = float(np.mean([s.correct for s in samples]))  # the whole chain
         rows.append(Row(model=run.model, params=run.config.num_params(), policy=run.policy,
                         pass_at={int(p.setting[2:]): float(p.metric.mean()) for p in points},
                         majority=float(np.mean([_majority([r["answer"] for r in rs], rs[0]["gold"])
