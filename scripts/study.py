@@ -96,6 +96,16 @@ def _policies() -> list[kj.AttentionConfig]:
     return policies
 
 
+def _quietly(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with INFO logging off: orbax logs a dozen lines per restore into the progress bar."""
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        logging.set_verbosity(level)
+
+
 def main(argv: list[str]) -> int:
     del argv
     try:
@@ -113,7 +123,7 @@ def main(argv: list[str]) -> int:
     total = len(names) * len(policies) * settings.problems * settings.num_samples
     with tqdm(total=total, unit="sample", desc="study") as bar:
         for path, name in zip(_MODELS.value, names):
-            model = kj.load_model(path, dtype=jnp.dtype(_DTYPE.value))
+            model = _quietly(kj.load_model, path, dtype=jnp.dtype(_DTYPE.value))
             tokenizer = kj.Tokenizer.from_dir(path)
             for attention in policies:
                 bar.set_postfix(model=name, policy=scaling.policy_label(attention))
