@@ -17,7 +17,7 @@ from kinetics_jax.scaling import analyze, group_runs, plots, run_points
 MODELS = {"qwen3-0.6b": 0.25, "qwen3-1.7b": 0.5, "qwen3-8b": 0.8}  # chance of a right answer on an easy problem
 BUDGETS = (1024, 2048, 4096)
 MAX_NEW_TOKENS = 8192
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c")  # the first three of plots._PALETTE: one per model, by size
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c")  # the first three of plots.PALETTE: one per model, by size
 
 
 def synthetic_records(problems: int = 6, samples: int = 4, seed: int = 0) -> list[dict]:

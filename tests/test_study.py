@@ -132,7 +132,7 @@ def test_study_script_end_to_end_on_a_shipped_model(tmp_path):
     assert len(records) == 2 * 2 * 4 * 2  # policies x strategies x problems x samples
     for row in rows:  # the table's pass@1 is the fraction of correct records of its Best-of-N run
         mine = [r["correct"] for r in records if r["config"]["strategy"] == "best_of_n"
-                and scaling.policy_label(study._attention(r)) == row["policy"]]
+                and scaling.policy_label(scaling.attention_config(r["config"]["attention"])) == row["policy"]]
         assert row["pass_at"]["1"] == pytest.approx(np.mean(mine))
     assert "| tiny-s | 0.11M | dense |" in done.stdout
 

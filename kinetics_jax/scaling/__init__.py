@@ -15,13 +15,13 @@ from kinetics_jax.scaling.frontier import (COST_MODELS, Analysis, ConfigPoints, 
                                            budget_curve, cost_grid, costlier_ratio, isocost_grid, long_cot_points,
                                            pareto_frontier, policy_frontiers, query_choice, query_optimum,
                                            run_points, smooth3)
-from kinetics_jax.scaling.runs import STRATEGIES, Run, Sample, group_runs, policy_label
+from kinetics_jax.scaling.runs import STRATEGIES, Run, Sample, attention_config, group_runs, policy_label
 from kinetics_jax.scaling.plots import (plot_fits, plot_frontiers, plot_isocost, plot_optimal_model, plot_policies,
                                         summary, write_report)
 
 __all__ = ["COST_MODELS", "STRATEGIES", "Analysis", "ConfigPoints", "CostlierRatio", "Frontier", "IsoCostGrid",
-           "Run", "Sample", "SigmoidFit", "StepCurve", "align_queries", "analyze", "best_of_n_points",
-           "budget_curve", "cost_grid", "costlier_ratio", "fit_sigmoid", "group_runs", "isocost_grid",
+           "Run", "Sample", "SigmoidFit", "StepCurve", "align_queries", "analyze", "attention_config",
+           "best_of_n_points", "budget_curve", "cost_grid", "costlier_ratio", "fit_sigmoid", "group_runs", "isocost_grid",
            "long_cot_points", "pareto_frontier", "plot_fits", "plot_frontiers",
            "plot_isocost", "plot_optimal_model", "plot_policies", "policy_frontiers", "policy_label",
            "query_choice", "query_optimum", "run_points", "sigmoid_law", "smooth3", "summary", "write_report"]

@@ -35,8 +35,8 @@ from kinetics_jax.scaling.fit import SigmoidFit
 from kinetics_jax.scaling.frontier import Analysis, Frontier, IsoCostGrid
 
 _DPI = 100
-_NAMES = {"flops": "FLOPs", "eflops": "eFLOPs"}
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+COST_NAMES = {"flops": "FLOPs", "eflops": "eFLOPs"}
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 
 
 # ------------------------------------------------------------------------------------------------ atomic files
@@ -83,6 +83,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def write_text(path: str, text: str) -> str:
+    _atomic_write(path, text.encode())
+    return path
+
+
 def write_json(path: str, value: Any) -> str:
     _atomic_write(path, (json.dumps(_jsonable(value), indent=1) + "\n").encode())
     return path
@@ -90,10 +95,10 @@ def write_json(path: str, value: Any) -> str:
 
 # ------------------------------------------------------------------------------------------------ figures
 def _colors(models: Sequence[str]) -> dict[str, str]:
-    return {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(models)}
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
 
 
-def _cost_axis(ax, cost_model: str, hardware: str) -> None:
+def cost_axis(ax, cost_model: str, hardware: str) -> None:
     """A log budget axis, labelled with the cost model's unit; major ticks only (decades)."""
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -109,8 +114,8 @@ def plot_frontiers(frontiers: Mapping[str, Frontier], path: str, *, title: str, 
         for i, model in enumerate(f.models):
             ax.plot(f.grid, f.smoothed[i], color=colors[model], lw=1.6, label=model)
         ax.plot(f.grid, f.accuracy, color="black", ls="--", lw=1.2, label="frontier")
-        _cost_axis(ax, cm, hardware)
-        ax.set(ylabel="accuracy", ylim=(-0.02, 1.02), title=_NAMES[cm])
+        cost_axis(ax, cm, hardware)
+        ax.set(ylabel="accuracy", ylim=(-0.02, 1.02), title=COST_NAMES[cm])
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
     return save_figure(fig, path)
@@ -122,10 +127,10 @@ def plot_optimal_model(frontiers: Mapping[str, Frontier], path: str, *, title: s
     for ax, (cm, f) in zip(fig.subplots(1, len(frontiers), squeeze=False)[0], frontiers.items()):
         index = {m: i for i, m in enumerate(f.models)}
         y = np.array([np.nan if m is None else index[m] for m in f.optimal])
-        ax.step(f.grid, y, where="post", color=_PALETTE[0], lw=2)
-        _cost_axis(ax, cm, hardware)
+        ax.step(f.grid, y, where="post", color=PALETTE[0], lw=2)
+        cost_axis(ax, cm, hardware)
         ax.set(yticks=range(len(f.models)), yticklabels=f.models, ylim=(-0.5, len(f.models) - 0.5),
-               title=f"optimal model ({_NAMES[cm]})")
+               title=f"optimal model ({COST_NAMES[cm]})")
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -153,11 +158,11 @@ def plot_policies(policies: Mapping[str, Mapping[str, Frontier]], path: str, *, 
     fig = Figure(layout="constrained", figsize=(6 * len(policies), 4.5))
     for ax, (cm, by_policy) in zip(fig.subplots(1, len(policies), squeeze=False)[0], policies.items()):
         sparse = [label for label in by_policy if label != "dense"]
-        colors = {"dense": "black", **{label: _PALETTE[(i + 1) % len(_PALETTE)] for i, label in enumerate(sparse)}}
+        colors = {"dense": "black", **{label: PALETTE[(i + 1) % len(PALETTE)] for i, label in enumerate(sparse)}}
         for label, f in by_policy.items():
             ax.plot(f.grid, f.accuracy, color=colors[label], lw=1.8, label=label)
-        _cost_axis(ax, cm, hardware)
-        ax.set(ylabel="frontier accuracy", ylim=(-0.02, 1.02), title=f"dense vs sparse ({_NAMES[cm]})")
+        cost_axis(ax, cm, hardware)
+        ax.set(ylabel="frontier accuracy", ylim=(-0.02, 1.02), title=f"dense vs sparse ({COST_NAMES[cm]})")
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
     return save_figure(fig, path)
@@ -175,8 +180,8 @@ def plot_fits(frontiers: Mapping[str, Frontier], fits: Mapping[str, Mapping[str,
             ax.scatter(f.grid, f.raw[i], s=9, color=colors[model], alpha=0.6)
             ax.plot(dense, law.predict(dense), color=colors[model], lw=1.5,
                     label=f"{model}: a={law.a:.2f} b={law.b:.2f} s={law.s:.2f} R²={law.r2:.3f}")
-        _cost_axis(ax, cm, hardware)
-        ax.set(ylabel="accuracy", ylim=(-0.02, 1.02), title=f"acc = a·sigmoid((log10 c − b) / s) ({_NAMES[cm]})")
+        cost_axis(ax, cm, hardware)
+        ax.set(ylabel="accuracy", ylim=(-0.02, 1.02), title=f"acc = a·sigmoid((log10 c − b) / s) ({COST_NAMES[cm]})")
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(title)
     return save_figure(fig, path)

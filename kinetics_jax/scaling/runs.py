@@ -61,7 +61,8 @@ def policy_label(attention: AttentionConfig) -> str:
     return attention.kind if tokens is None else f"{attention.kind}-{tokens}"
 
 
-def _attention(fields: Mapping[str, Any]) -> AttentionConfig:
+def attention_config(fields: Mapping[str, Any]) -> AttentionConfig:
+    """The AttentionConfig of a record's config["attention"] dict (unknown keys ignored, dense_layers a tuple)."""
     known = {f.name for f in dataclasses.fields(AttentionConfig)}
     kwargs = {k: v for k, v in fields.items() if k in known}
     if "dense_layers" in kwargs:
@@ -109,7 +110,7 @@ def _run(records: list[Mapping[str, Any]]) -> Run:
     budgets = {int(b) for b in config.get("truncation_budgets") or ()}
     budgets |= {b for samples in problems.values() for s in samples.values() for b in s.truncation}
     return Run(model=first["model"], dataset=first["dataset"], strategy=config["strategy"],
-               config=Qwen3Config.from_hf_config(first["model_config"]), attention=_attention(config["attention"]),
+               config=Qwen3Config.from_hf_config(first["model_config"]), attention=attention_config(config["attention"]),
                max_new_tokens=int(config["max_new_tokens"]), truncation_budgets=tuple(sorted(budgets)),
                problems={pid: tuple(s for _, s in sorted(by_index.items()))
                          for pid, by_index in sorted(problems.items())})

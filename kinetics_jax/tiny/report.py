@@ -8,6 +8,7 @@ figure.
                  accuracy at the truncation budgets, FLOPs and eFLOPs per problem (all N samples), and where each
                  model is optimal on the frontiers
     summary.csv  the same table, one row per (model, policy)
+    summary.json the rows as JSON (with FLOPs and eFLOPs per problem of all N samples)
 """
 
 from __future__ import annotations
@@ -18,21 +19,18 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
 
 from kinetics_jax import scaling
-from kinetics_jax.scaling.plots import save_figure, write_csv, write_json
+from kinetics_jax.scaling.plots import COST_NAMES, PALETTE, cost_axis, save_figure, write_csv, write_json, write_text
 from kinetics_jax.tiny.study import Row
 
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 _STYLES = ("-", "--", ":", "-.")
-_NAMES = {"flops": "FLOPs", "eflops": "eFLOPs"}
 
 
 def _styles(rows: Sequence[Row]) -> tuple[dict[str, str], dict[str, str]]:
     models = list(dict.fromkeys(r.model for r in rows))
     policies = list(dict.fromkeys(r.policy for r in rows))
-    return ({m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(models)},
+    return ({m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)},
             {p: _STYLES[i % len(_STYLES)] for i, p in enumerate(policies)})
 
 
@@ -48,11 +46,9 @@ def plot_overview(rows: Sequence[Row], analyses: Mapping[str, scaling.Analysis],
             x = [r.cost_at[k][cost_model] for k in ks]
             ax.plot(x, [r.pass_at[k] for k in ks], marker="o", ms=3, color=colors[r.model], ls=styles[r.policy],
                     label=f"{r.model} {r.policy}")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel="FLOPs per problem" if cost_model == "flops" else f"eFLOPs per problem ({hardware})",
-               ylabel="pass@k", ylim=(-0.02, 1.02), title=f"Best-of-N: pass@k, k = 1, 2, 4, ... against {_NAMES[cost_model]}")
-        ax.grid(alpha=0.3)
+        cost_axis(ax, cost_model, hardware)
+        ax.set(ylabel="pass@k", ylim=(-0.02, 1.02),
+               title=f"Best-of-N: pass@k, k = 1, 2, 4, ... against {COST_NAMES[cost_model]}")
         ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax = axes[1][0]
     for r in rows:
@@ -67,14 +63,12 @@ def plot_overview(rows: Sequence[Row], analyses: Mapping[str, scaling.Analysis],
     if "best_of_n" in analyses:
         by_policy = analyses["best_of_n"].policies["eflops"]
         for i, (label, frontier) in enumerate(sorted(by_policy.items(), key=lambda kv: kv[0] != "dense")):
-            ax.plot(frontier.grid, frontier.accuracy, color="black" if label == "dense" else _PALETTE[i],
+            ax.plot(frontier.grid, frontier.accuracy, color="black" if label == "dense" else PALETTE[i],
                     ls="-" if label == "dense" else "--", lw=1.6, label=label)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=8, loc="lower right")
-    ax.set(xlabel=f"eFLOPs per problem ({hardware})", ylabel="frontier accuracy", ylim=(-0.02, 1.02),
+    cost_axis(ax, "eflops", hardware)
+    ax.set(ylabel="frontier accuracy", ylim=(-0.02, 1.02),
            title="Best-of-N: cross-model eFLOPs frontier per attention policy")
-    ax.grid(alpha=0.3)
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -126,9 +120,4 @@ def write(rows: Sequence[Row], analyses: Mapping[str, scaling.Analysis], out_dir
              write_csv(os.path.join(out_dir, "summary.csv"), header, body),
              write_json(os.path.join(out_dir, "summary.json"),
                         [{**dataclasses.asdict(r), "flops": r.flops, "eflops": r.eflops} for r in rows])]
-    text = markdown(rows, analyses, intro)
-    path = os.path.join(out_dir, "summary.md")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-    return paths + [path]
+    return paths + [write_text(os.path.join(out_dir, "summary.md"), markdown(rows, analyses, intro))]

@@ -231,34 +231,28 @@ def _majority(answers: Sequence[str | None], gold: str) -> float:
 
 def summary_rows(records: Sequence[dict[str, Any]], hardware: str) -> list[Row]:
     """The summary table of a study's records (its Best-of-N runs), ordered by model size then policy."""
+    best_of_n = [r for r in records if r["config"]["strategy"] == "best_of_n"]
+    answers: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list))  # (model, policy) -> problem -> its records
+    for r in best_of_n:
+        label = scaling.policy_label(scaling.attention_config(r["config"]["attention"]))
+        answers[(r["model"], label)][r["problem_id"]].append(r)
+    budgets = sorted({int(b) for r in records for b in r["config"]["truncation_budgets"]})
     rows = []
-    for run in scaling.group_runs([r for r in records if r["config"]["strategy"] == "best_of_n"]):
+    for run in scaling.group_runs(best_of_n):
         points = scaling.best_of_n_points(run, hardware)
-        by_problem = collections.defaultdict(list)
-        for r in records:
-            if (r["model"], r["config"]["strategy"], scaling.policy_label(_attention(r))) == \
-                    (run.model, "best_of_n", run.policy):
-                by_problem[r["problem_id"]].append(r)
         samples = [s for ss in run.problems.values() for s in ss]
-        budgets = sorted({b for r in records for b in map(int, r["config"]["truncation_budgets"])}) or [
-            run.max_new_tokens]
         truncation = {b: float(np.mean([s.correct if s.length <= b else s.truncation.get(b, False)
                                         for s in samples])) for b in budgets if b < run.max_new_tokens}
         truncation[run.max_new_tokens] = float(np.mean([s.correct for s in samples]))  # the whole chain
         rows.append(Row(model=run.model, params=run.config.num_params(), policy=run.policy,
                         pass_at={int(p.setting[2:]): float(p.metric.mean()) for p in points},
                         majority=float(np.mean([_majority([r["answer"] for r in rs], rs[0]["gold"])
-                                                for rs in by_problem.values()])),
+                                                for rs in answers[(run.model, run.policy)].values()])),
                         mean_length=float(np.mean([s.length for s in samples])), truncation=truncation,
                         cost_at={int(p.setting[2:]): {"flops": float(p.flops.mean()),
                                                       "eflops": float(p.eflops.mean())} for p in points}))
     return sorted(rows, key=lambda r: (r.params, r.policy != "dense", r.policy))
-
-
-def _attention(record: dict[str, Any]) -> AttentionConfig:
-    fields = dict(record["config"]["attention"])
-    fields["dense_layers"] = tuple(fields.get("dense_layers") or ())
-    return AttentionConfig(**fields)
 
 
 def analyze(records: Sequence[dict[str, Any]], hardware: str, out_dir: str) -> dict[str, scaling.Analysis]:
