@@ -13,9 +13,11 @@ offset (AttentionConfig.page_offset) leaves the first slots of the first page em
 blocks, which start right after the sink, are whole pages. The plan (host side, numpy) is computed
 from the request before any device work, so a request that cannot fit is refused up front.
 
-Device state (`KVCache`, a pytree) holds the page pools of all layers, stacked like the model's layers, plus
-per-page key summaries maintained on every append (never recomputed over the cache): the key sum (mean = sum /
-tokens in the page) and optionally channel-wise min / max (the Quest bound).
+Device state (`KVCache`, a pytree) holds the page pools of all layers, stacked like the model's layers, and,
+for block top-k, one summary per page and layer in the cache dtype: the mean key ("mean" score) or the
+channel-wise key min and max ("quest"). A page's summary is written once, when the page is full (its last slot
+written, or at prefill for full prompt pages); only full pages are ever scored. Writes go through
+pallas_kernels.paged_write: in place, with the pools keeping the layout the decode kernels read.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import numpy as np
 
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model.layers import DType
+from pallas_kernels import paged_write
 
 NULL_PAGE = 0
+SUMMARY_FIELDS = ("k_mean", "k_min", "k_max")
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -42,8 +46,9 @@ class CachePlan:
     """Page layout of one request. Sequence b = p * num_samples + s.
 
     page_table: int32[B, max_pages] (unused entries point at the null page); shared_pages: pages stored once per
-    prompt; num_pages: pool size, the null page included. The prefill scatter (`prefill_*`: one entry per
-    (destination page, slot) <- (prompt, token) copy) writes full prompt pages once and partial ones N times.
+    prompt; num_pages: pool size, the null page included. The prefill writes whole pages: entry i copies block
+    prefill_block[i] of prompt prefill_prompt[i] (its virtual tokens block * page_size ..) into page
+    prefill_page[i]; full prompt pages are written once, a partial last one once per sample.
     """
 
     page_size: int
@@ -55,22 +60,21 @@ class CachePlan:
     shared_pages: int
     page_table: np.ndarray
     prefill_page: np.ndarray
-    prefill_slot: np.ndarray
     prefill_prompt: np.ndarray
-    prefill_token: np.ndarray
+    prefill_block: np.ndarray
 
     @classmethod
     def for_request(cls, prompt_lengths: list[int], num_samples: int, max_new_tokens: int, page_size: int,
-                    *, page_offset: int = 0, pad_pages_to: int = 1, pad_prefill_to: int = 1) -> "CachePlan":
+                    *, page_offset: int = 0, pad_pages_to: int = 1) -> "CachePlan":
         """Lays out pages for prompts of the given lengths, `num_samples` each, up to `max_new_tokens` new tokens.
 
         A sequence stores positions 0 .. prompt + max_new_tokens - 2 (the last sampled token is never fed back).
-        `pad_pages_to` / `pad_prefill_to` round the pool size and the scatter length up (shape buckets).
+        `pad_pages_to` rounds the pool size up (a shape bucket).
         """
         if not 0 <= page_offset < page_size:
             raise ValueError(f"page_offset must be in [0, page_size={page_size}), got {page_offset}")
         tables: list[list[int]] = []
-        scatter: list[tuple[int, int, int, int]] = []
+        writes: list[tuple[int, int, int]] = []
         next_page = NULL_PAGE + 1
         shared = 0
         for p, length in enumerate(prompt_lengths):
@@ -78,87 +82,120 @@ class CachePlan:
             shared_ids = list(range(next_page, next_page + full))
             next_page += full
             shared += full
-            for t in range(full * page_size - page_offset):
-                scatter.append((shared_ids[(t + page_offset) // page_size], (t + page_offset) % page_size, p, t))
+            writes += [(page, p, block) for block, page in enumerate(shared_ids)]
             own = _ceil_div(page_offset + length + max_new_tokens - 1, page_size) - full
+            partial = (length + page_offset) % page_size > 0
             for _ in range(num_samples):
                 own_ids = list(range(next_page, next_page + own))
                 next_page += own
                 tables.append(shared_ids + own_ids)
-                for t in range(full * page_size - page_offset, length):  # the partial last prompt page, per sample
-                    scatter.append((own_ids[0], (t + page_offset) % page_size, p, t))
+                if partial:  # the partial last prompt page, per sample
+                    writes.append((own_ids[0], p, full))
         num_pages = _ceil_div(next_page, pad_pages_to) * pad_pages_to
         width = max(len(row) for row in tables)
         table = np.full((len(tables), width), NULL_PAGE, np.int32)
         for b, row in enumerate(tables):
             table[b, :len(row)] = row
-        n = _ceil_div(max(len(scatter), 1), pad_prefill_to) * pad_prefill_to
-        cols = np.zeros((4, n), np.int32)  # padding entries copy (prompt 0, token 0) into the null page
-        if scatter:
-            cols[:, :len(scatter)] = np.asarray(scatter, np.int32).T
-        return cls(page_size, page_offset, num_samples, tuple(prompt_lengths), max_new_tokens, num_pages, shared, table,
-                   cols[0], cols[1], cols[2], cols[3])
+        cols = np.asarray(writes, np.int32).reshape(-1, 3).T
+        return cls(page_size, page_offset, num_samples, tuple(prompt_lengths), max_new_tokens, num_pages, shared,
+                   table, cols[0], cols[1], cols[2])
 
     @property
     def shared_pages_per_prompt(self) -> np.ndarray:
         """int32[P]: the leading page-table entries that the N samples of each prompt share."""
         return np.asarray([(n + self.page_offset) // self.page_size for n in self.prompt_lengths], np.int32)
 
+    def prefill_writes(self, padded_len: int, size: int | None = None) -> np.ndarray:
+        """int32[3, size] (default: one column per write): the prefill's page writes for prompts right-padded
+        to `padded_len` tokens, as engine.prefill takes them: destination page, source page (prompt *
+        pages_per_prompt + block, pages_per_prompt = ceil((padded_len + page_offset) / page_size)) and whether
+        the page is full of prompt tokens (its summaries are written). Padding columns write the null page."""
+        n = self.prefill_page.size
+        size = n if size is None else size
+        blocks = _ceil_div(padded_len + self.page_offset, self.page_size)
+        lengths = np.asarray(self.prompt_lengths, np.int64)
+        full = (self.prefill_block + 1) * self.page_size <= lengths[self.prefill_prompt] + self.page_offset
+        writes = np.zeros((3, size), np.int32)
+        writes[:, :n] = np.stack([self.prefill_page, self.prefill_prompt * blocks + self.prefill_block, full])
+        return writes
+
     @property
     def allocated_pages(self) -> int:
         """Pages in use (shared + own), the null page and bucket padding excluded."""
         return int(np.count_nonzero(np.unique(self.page_table)))
 
-    def bytes(self, config: Qwen3Config, dtype: DType, minmax: bool) -> int:
-        """Device bytes of the KV cache this plan allocates (K, V and the key summaries)."""
+    def bytes(self, config: Qwen3Config, dtype: DType, summaries: int) -> int:
+        """Device bytes of the KV cache this plan allocates: K, V and `summaries` summary arrays per page
+        (AttentionConfig.summaries: 0, 1 for the mean key, 2 for the Quest min and max), all in `dtype`."""
         tokens = self.num_pages * self.page_size
-        summaries = self.num_pages * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
-        return tokens * config.kv_bytes_per_token(dtype) + summaries * (3 if minmax else 1)
+        per_page = config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+        return tokens * config.kv_bytes_per_token(dtype) + summaries * self.num_pages * per_page * \
+            np.dtype(dtype).itemsize
+
+
+def page_summaries(keys: jax.Array, fields: tuple[str, ...]) -> dict[str, jax.Array]:
+    """Summaries of whole pages keys [..., page_size, D]: "k_mean" (mean over the slots, computed in float32),
+    "k_min" / "k_max" (channel-wise), each [..., D] in the keys' dtype."""
+    functions = {"k_mean": lambda x: jnp.mean(x.astype(jnp.float32), axis=-2).astype(x.dtype),
+                 "k_min": lambda x: jnp.min(x, axis=-2), "k_max": lambda x: jnp.max(x, axis=-2)}
+    return {name: functions[name](keys) for name in fields}
 
 
 class KVCache(NamedTuple):
     """Page pools [layers, kv_heads, pages, page_size, head_dim] (head-major, as paged-attention kernels read
-    them) and per-page key summaries [layers, kv_heads, pages, head_dim] (float32). k_min / k_max are None
-    unless the cache was built with minmax=True (the Quest score needs them)."""
+    them) and per-page summaries [layers, kv_heads, pages, head_dim] in the pools' dtype: k_mean (block top-k
+    "mean" score), k_min / k_max ("quest"); a summary the policy does not score is None."""
 
     k: jax.Array
     v: jax.Array
-    k_sum: jax.Array
-    k_min: jax.Array | None
-    k_max: jax.Array | None
+    k_mean: jax.Array | None = None
+    k_min: jax.Array | None = None
+    k_max: jax.Array | None = None
 
     @classmethod
-    def zeros(cls, config: Qwen3Config, num_pages: int, page_size: int, dtype: DType, minmax: bool,
-              kv_replicas: int = 1) -> "KVCache":
-        """An empty cache; `kv_replicas` copies of each KV head (distributed.kv_replicas: heads replicated over
-        a "model" mesh axis larger than the KV head count)."""
+    def zeros(cls, config: Qwen3Config, num_pages: int, page_size: int, dtype: DType,
+              summaries: tuple[str, ...] = (), kv_replicas: int = 1) -> "KVCache":
+        """An empty cache with the named summary fields (AttentionConfig.summaries); `kv_replicas` copies of
+        each KV head (distributed.kv_replicas: heads replicated over a "model" mesh axis larger than the KV
+        head count)."""
         shape = (config.num_hidden_layers, config.num_key_value_heads * kv_replicas, num_pages, page_size,
                  config.head_dim)
         summary = shape[:3] + shape[4:]
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros(summary, jnp.float32),
-                   jnp.full(summary, jnp.inf) if minmax else None,
-                   jnp.full(summary, -jnp.inf) if minmax else None)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                   **{name: jnp.zeros(summary, dtype) for name in summaries})
 
     @property
     def page_size(self) -> int:
         return self.k.shape[3]
 
-    def fill(self, pages: jax.Array, slots: jax.Array, k: jax.Array, v: jax.Array) -> "KVCache":
-        """Prefill: stores k, v [layers, n, Hkv, D] of every layer at (pages[i], slots[i]); see `append`."""
-        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [L, Hkv, n, D]
-        return self._store((slice(None), slice(None), pages), slots, k, v)
+    @property
+    def summary_fields(self) -> tuple[str, ...]:
+        return tuple(name for name in SUMMARY_FIELDS if getattr(self, name) is not None)
+
+    def _with_summaries(self, layer: jax.Array, pages: jax.Array, values: dict[str, jax.Array]) -> "KVCache":
+        """Summaries [n, Hkv, D] of `layer` stored at pages int32[n] (the null page takes padding)."""
+        return self._replace(**{name: getattr(self, name).at[layer, :, pages].set(value.astype(self.k.dtype))
+                                for name, value in values.items()})
+
+    def write_prompt(self, layer: jax.Array, pages: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array,
+                     full: jax.Array) -> "KVCache":
+        """Prefill of one layer: page pages[i] := the prompt page index[i] of k, v [M, Hkv, page_size, D]; the
+        summaries of the pages where full[i] (every slot a prompt token) are written too."""
+        k_pool, v_pool = paged_write.write_pages(self.k, self.v, layer, pages, k, v, index)
+        cache = self._replace(k=k_pool, v=v_pool)
+        if not self.summary_fields:
+            return cache
+        values = page_summaries(k.astype(self.k.dtype)[index], self.summary_fields)
+        return cache._with_summaries(layer, jnp.where(full, pages, NULL_PAGE), values)
 
     def append(self, layer: jax.Array, pages: jax.Array, slots: jax.Array, k: jax.Array, v: jax.Array
                ) -> "KVCache":
-        """Decode: stores k, v [n, Hkv, D] of one layer at (pages[i], slots[i]) and folds the keys into the page
-        summaries. Each (page, slot) must be written once; the summaries assume so."""
-        return self._store((layer, slice(None), pages), slots, k, v)
-
-    def _store(self, at: tuple, slots: jax.Array, k: jax.Array, v: jax.Array) -> "KVCache":
-        k32 = k.astype(jnp.float32)
-        return KVCache(
-            self.k.at[at + (slots,)].set(k.astype(self.k.dtype)),
-            self.v.at[at + (slots,)].set(v.astype(self.v.dtype)),
-            self.k_sum.at[at].add(k32),
-            None if self.k_min is None else self.k_min.at[at].min(k32),
-            None if self.k_max is None else self.k_max.at[at].max(k32))
+        """Decode: stores k, v [n, Hkv, D] of one layer at (pages[i], slots[i]); a page whose last slot this
+        fills gets its summaries. Each (page, slot) must be written once."""
+        k_pool, v_pool = paged_write.write_tokens(self.k, self.v, layer, pages, slots, k, v)
+        cache = self._replace(k=k_pool, v=v_pool)
+        if not self.summary_fields:
+            return cache
+        completed = jnp.where(slots == self.page_size - 1, pages, NULL_PAGE)
+        values = page_summaries(k_pool[layer, :, completed], self.summary_fields)  # [n, Hkv, D] each
+        return cache._with_summaries(layer, completed, values)

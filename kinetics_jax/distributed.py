@@ -204,6 +204,14 @@ def make_mesh(shape: tuple[int, int] | str | None = None, devices: Sequence[jax.
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
+def platform(mesh: Mesh | None) -> str:
+    """The platform a program for `mesh` is built for ("cpu", "gpu", "tpu"): its devices' (compile-only
+    topology devices included), or jax's default backend without a mesh."""
+    if mesh is None:
+        return jax.default_backend()
+    return mesh.devices.flat[0].platform
+
+
 def local_mesh() -> Mesh:
     """A 1 x 1 mesh on this process's first device: the single-device default."""
     return make_mesh((1, 1), jax.local_devices()[:1])
@@ -278,12 +286,13 @@ def request_plans(prompt_lengths: Sequence[int], num_samples: int, max_new_token
     return split, plans
 
 
-def kv_cache_bytes_per_device(plans: Sequence[CachePlan], config: Qwen3Config, dtype: Any, minmax: bool,
+def kv_cache_bytes_per_device(plans: Sequence[CachePlan], config: Qwen3Config, dtype: Any, summaries: int,
                               mesh: Mesh | AbstractMesh) -> int:
-    """Bytes of KV cache (K, V and page summaries) each device holds: one shard's pool (every shard is sized
-    like the largest), its KV heads split over "model" (with their copies, see kv_replicas)."""
+    """Bytes of KV cache (K, V and `summaries` page summaries, see CachePlan.bytes) each device holds: one shard's
+    pool (every shard is sized like the largest), its KV heads split over "model" (with their copies, see
+    kv_replicas)."""
     pages = max(plan.num_pages for plan in plans)
-    pool = dataclasses.replace(plans[0], num_pages=pages).bytes(config, dtype, minmax)
+    pool = dataclasses.replace(plans[0], num_pages=pages).bytes(config, dtype, summaries)
     return pool * kv_replicas(config, mesh) // mesh.shape[MODEL]
 
 
@@ -320,7 +329,7 @@ def memory_per_device(config: Qwen3Config, mesh_shape: tuple[int, int], *, promp
     _, plans = request_plans(prompt_lengths, num_samples, max_new_tokens, attention, mesh_shape[0])
     model = layout.abstract_model(config, dtype=dtype, param_dtype=dtype)
     return DeviceMemory(param_bytes_per_device(model, mesh),
-                        kv_cache_bytes_per_device(plans, config, dtype, attention.uses_minmax, mesh),
+                        kv_cache_bytes_per_device(plans, config, dtype, len(attention.summaries), mesh),
                         kv_replicas(config, mesh))
 
 

@@ -9,7 +9,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
+# The test extra installs libtpu and the CUDA plugin so that the compile checks can build TPU and GPU programs
+# (tests/compile_targets.py). Without these settings every process that imports jax would try to start a TPU
+# and a GPU runtime, and the first would hold libtpu's lock file against the scripts the tests launch. The
+# variables are inherited by those scripts.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
+
+import jax  # noqa: E402
 import pytest
 import torch
 

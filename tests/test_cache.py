@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from kinetics_jax import Qwen3Config
 from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache
@@ -28,36 +29,62 @@ def test_prefix_pages_are_shared_across_samples():
     assert NULL_PAGE not in table[:, :1] and table.max() == plan.num_pages - 1
 
 
-def test_prefill_scatter_copies_only_partial_pages():
+def test_prefill_writes_copy_only_partial_pages():
     plan = CachePlan.for_request([20], 3, 5, 8)
-    entries = list(zip(plan.prefill_page, plan.prefill_slot, plan.prefill_prompt, plan.prefill_token))
-    assert len(entries) == 16 + 3 * 4  # 2 full pages once, the 4-token partial page per sample
-    assert len({(p, s) for p, s, _, _ in entries}) == len(entries)  # every (page, slot) written once
+    entries = list(zip(plan.prefill_page, plan.prefill_prompt, plan.prefill_block))
+    assert len(entries) == 2 + 3  # 2 full pages once, the partial page (block 2) once per sample
+    assert len({page for page, _, _ in entries}) == len(entries)  # every page written once
+    assert sorted(block for _, _, block in entries) == [0, 1, 2, 2, 2]
+    writes = plan.prefill_writes(32, size=8)  # prompts padded to 32 tokens: 4 source pages each
+    np.testing.assert_array_equal(writes[2], [1, 1, 0, 0, 0, 0, 0, 0])  # summaries of the full pages only
+    assert (writes[0, 5:] == NULL_PAGE).all()  # padding writes the null page
 
 
 def test_pool_is_sized_from_the_request_and_bytes_counted():
     config = Qwen3Config.preset("qwen3-8b")
     plan = CachePlan.for_request([100] * 2, 8, 1000, 16, pad_pages_to=64)
     assert plan.num_pages % 64 == 0 and plan.num_pages >= plan.allocated_pages + 1
-    assert plan.bytes(config, "bfloat16", minmax=False) >= plan.allocated_pages * 16 * 147_456
+    kv = plan.bytes(config, "bfloat16", summaries=0)
+    assert kv >= plan.allocated_pages * 16 * 147_456
+    # one bf16 mean key per page, layer and KV head: 1/16 of the K pool at 16-token pages
+    assert plan.bytes(config, "bfloat16", summaries=1) - kv == plan.num_pages * 36 * 8 * 128 * 2
 
 
-def test_summaries_follow_appends():
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_summaries_are_written_when_a_page_fills(dtype):
+    """Decode appends: a page's mean key (f32 mean, stored in the cache dtype) and channel min / max appear when
+    its last slot is written; a page still filling keeps zeros; other layers are untouched."""
     config = Qwen3Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=4)
-    cache = KVCache.zeros(config, num_pages=3, page_size=4, dtype=jnp.float32, minmax=True)
-    keys = np.random.default_rng(0).normal(size=(6, 1, 4)).astype(np.float32)
+    cache = KVCache.zeros(config, num_pages=3, page_size=4, dtype=dtype, summaries=("k_mean", "k_min", "k_max"))
+    keys = np.asarray(jnp.asarray(np.random.default_rng(0).normal(size=(6, 1, 4)), dtype), np.float32)
     pages, slots = np.array([1, 1, 1, 2, 2, 1]), np.array([0, 1, 2, 0, 1, 3])
     for t in range(6):  # decode-style appends, one token at a time into layer 1
         cache = cache.append(1, jnp.asarray(pages[t:t + 1]), jnp.asarray(slots[t:t + 1]),
-                             jnp.asarray(keys[t:t + 1]), jnp.asarray(keys[t:t + 1]))
-    for page in (1, 2):
-        mine = keys[pages == page]
-        np.testing.assert_allclose(np.asarray(cache.k_sum[1, 0, page]), mine[:, 0].sum(0), rtol=1e-6)
-        np.testing.assert_array_equal(np.asarray(cache.k_min[1, 0, page]), mine[:, 0].min(0))
-        np.testing.assert_array_equal(np.asarray(cache.k_max[1, 0, page]), mine[:, 0].max(0))
-    np.testing.assert_array_equal(np.asarray(cache.k[1, 0, pages, slots]), keys[:, 0])
-    assert float(jnp.abs(cache.k_sum[0]).max()) == 0.0  # other layers untouched
+                             jnp.asarray(keys[t:t + 1], dtype), jnp.asarray(keys[t:t + 1], dtype))
+    full = keys[pages == 1][:, 0]
+    mean = np.asarray(jnp.asarray(full.mean(0), dtype), np.float32)  # rounded once, from the f32 mean
+    np.testing.assert_allclose(np.asarray(cache.k_mean[1, 0, 1], np.float32), mean, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(cache.k_min[1, 0, 1], np.float32), full.min(0))
+    np.testing.assert_array_equal(np.asarray(cache.k_max[1, 0, 1], np.float32), full.max(0))
+    assert cache.k_mean.dtype == dtype
+    assert float(jnp.abs(cache.k_mean[1, 0, 2]).max()) == 0.0  # page 2 is not full yet
+    np.testing.assert_array_equal(np.asarray(cache.k[1, 0, pages, slots], np.float32), keys[:, 0])
+    assert float(jnp.abs(cache.k_mean[0]).max()) == 0.0  # other layers untouched
+
+
+def test_prompt_writes_fill_pages_and_the_summaries_of_full_ones():
+    config = Qwen3Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=4)
+    cache = KVCache.zeros(config, num_pages=6, page_size=4, dtype=jnp.float32, summaries=("k_mean",))
+    src = np.random.default_rng(1).normal(size=(3, 2, 4, 4)).astype(np.float32)  # [M, Hkv, ps, D]
+    cache = cache.write_prompt(jnp.int32(1), jnp.asarray([2, 5, 4]), jnp.asarray(src), jnp.asarray(src + 1),
+                               jnp.asarray([0, 2, 2]), jnp.asarray([True, False, False]))
+    np.testing.assert_array_equal(np.asarray(cache.k[1, :, 2]), src[0])
+    np.testing.assert_array_equal(np.asarray(cache.v[1, :, 5]), src[2] + 1)
+    np.testing.assert_array_equal(np.asarray(cache.k[1, :, 4]), src[2])
+    np.testing.assert_allclose(np.asarray(cache.k_mean[1, :, 2]), src[0].mean(1), rtol=1e-6)
+    assert float(jnp.abs(cache.k_mean[1, :, 4:]).max()) == 0.0  # partial pages: no summary yet
 
 
 def test_page_offset_makes_blocks_after_the_sink_whole_pages():
@@ -66,9 +93,7 @@ def test_page_offset_makes_blocks_after_the_sink_whole_pages():
     plan = CachePlan.for_request([40], 2, 30, 16, page_offset=12)
     assert plan.shared_pages == (40 + 12) // 16 == 3
     np.testing.assert_array_equal(plan.shared_pages_per_prompt, [3])
-    entries = list(zip(plan.prefill_page, plan.prefill_slot, plan.prefill_prompt, plan.prefill_token))
-    where = {(int(t), int(page)): int(slot) for page, slot, _, t in entries if page in plan.page_table[0]}
-    for t in range(40):
-        entry = (t + 12) // 16
-        assert where[(t, int(plan.page_table[0, entry]))] == (t + 12) % 16
+    entries = {int(page): int(block) for page, block in zip(plan.prefill_page, plan.prefill_block)}
+    for entry, page in enumerate(plan.page_table[0, :-(-(40 + 12) // 16)]):
+        assert entries[int(page)] == entry  # block j of the prompt (virtual tokens 16 j ..) in entry j
     assert plan.page_table.shape[1] == -(-(12 + 40 + 29) // 16)  # every stored virtual index has a page

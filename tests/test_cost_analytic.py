@@ -70,6 +70,11 @@ def brute_force(config: Qwen3Config, a: AttentionConfig, prompt_lens: list[int],
                 shared = dense or _kept(n, a) == n
                 if shared:
                     out["kv_bytes"] += (li + len(running) * (j - 1)) * 2 * hkv * d * dtype_bytes
+                summary = (2 if a.score == "quest" else 1) * hkv * d * dtype_bytes  # per block, cache dtype
+                n_full = max(n - a.local - a.sink, 0) // a.block_size
+                prompt_blocks = max((li + a.page_offset) // a.block_size - -(-a.sink // a.block_size), 0)
+                if a.kind == "block_topk" and not shared:  # the prompt's blocks: one read for its samples
+                    out["summary_bytes"] += summary * min(n_full, prompt_blocks)
                 for _ in running:
                     attended = n if dense else _kept(n, a)
                     out["attention_flops"] += 4 * hq * d * attended
@@ -78,9 +83,8 @@ def brute_force(config: Qwen3Config, a: AttentionConfig, prompt_lens: list[int],
                     if dense:
                         continue
                     if a.kind == "block_topk" and not shared:  # blocks are scored once the policy is active
-                        n_full = max(n - a.local - a.sink, 0) // a.block_size
                         out["scoring_flops"] += (4 if a.score == "quest" else 2) * hkv * d * n_full
-                        out["summary_bytes"] += (8 if a.score == "quest" else 4) * hkv * d * n_full
+                        out["summary_bytes"] += summary * (n_full - min(n_full, prompt_blocks))
     return out
 
 

@@ -98,7 +98,7 @@ def _filled_cache(lengths: list[int], num_samples: int, new: int, config: Qwen3C
         for t in range(lengths[p] + new - 1):
             page, slot = plan.page_table[s, (t + offset) // 16], (t + offset) % 16
             k[:, :, page, slot], v[:, :, page, slot] = ck[:, s, t], cv[:, s, t]
-    cache = KVCache(jnp.asarray(k), jnp.asarray(v), jnp.zeros(shape[:3] + (d,)), None, None)
+    cache = KVCache(jnp.asarray(k), jnp.asarray(v))
     return plan, cache, ck, cv
 
 
@@ -129,8 +129,7 @@ def test_decode_attention_dense_and_cascade_pallas(num_samples):
 def _abstract_decode_args(batch: int = 8, width: int = 257):
     sds = jax.ShapeDtypeStruct
     pool = (2, 8, batch * width + 1, 16, 128)
-    cache = KVCache(sds(pool, jnp.bfloat16), sds(pool, jnp.bfloat16), sds(pool[:3] + (128,), jnp.float32),
-                    None, None)
+    cache = KVCache(sds(pool, jnp.bfloat16), sds(pool, jnp.bfloat16), sds(pool[:3] + (128,), jnp.bfloat16))
     return (sds((batch, 32, 128), jnp.bfloat16), cache, sds((), jnp.int32), sds((batch, width), jnp.int32),
             sds((batch,), jnp.int32), sds((2,), jnp.int32))
 

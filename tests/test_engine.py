@@ -64,12 +64,12 @@ def test_cached_logits_equal_full_forward_at_every_step(name, hf_checkpoints):
     page_size, new = 8, 30
     prompts = _prompts([11, 20], seed=2)
     plan = CachePlan.for_request([11, 20], 2, new, page_size)
-    scatter = np.stack([plan.prefill_page, plan.prefill_slot, plan.prefill_prompt, plan.prefill_token])
     padded = np.zeros((2, 32), np.int32)
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p
-    logits, cache = prefill(model, jnp.asarray(padded), jnp.asarray([11, 20]), jnp.asarray(scatter),
-                            plan.num_pages, page_size, minmax=False)
+    attention = AttentionConfig(block_size=page_size)
+    logits, cache = prefill(model, jnp.asarray(padded), jnp.asarray([11, 20]), jnp.asarray(plan.prefill_writes(32)),
+                            plan.num_pages, attention)
     continuation = np.random.default_rng(3).integers(0, 160, (4, new))  # sequences: (p0,s0) (p0,s1) (p1,s0) (p1,s1)
     full = [np.asarray(model(jnp.asarray([prompts[b // 2] + continuation[b].tolist()])))[0] for b in range(4)]
     step_fn = jax.jit(decode_step, static_argnames=("attention",))
@@ -77,7 +77,7 @@ def test_cached_logits_equal_full_forward_at_every_step(name, hf_checkpoints):
         positions = np.repeat([11, 20], 2) + step
         logits, cache, counts = step_fn(model, cache, jnp.asarray(continuation[:, step], jnp.int32),
                                         jnp.asarray(positions, jnp.int32), jnp.asarray(plan.page_table),
-                                        jnp.ones(4, bool), attention=AttentionConfig(block_size=page_size))
+                                        jnp.ones(4, bool), attention=attention)
         assert (np.asarray(counts) == (positions + 1).sum()).all()
         for b in range(4):  # the full forward's logits at the fed token's position
             # float32 on both paths, different summation order: ~1e-7 in practice.

@@ -84,12 +84,11 @@ def test_engine_matches_reference_policy_loop(config, hf_checkpoints):
     lengths, new, n = [11, 23], 30, 2
     prompts = _prompts(lengths, seed=2)
     plan = CachePlan.for_request(lengths, n, new, config.block_size, page_offset=config.page_offset)
-    scatter = np.stack([plan.prefill_page, plan.prefill_slot, plan.prefill_prompt, plan.prefill_token])
     padded = np.zeros((2, 32), np.int32)
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p
-    _, cache = prefill(model, jnp.asarray(padded), jnp.asarray(lengths), jnp.asarray(scatter), plan.num_pages,
-                       config.block_size, minmax=config.uses_minmax)
+    _, cache = prefill(model, jnp.asarray(padded), jnp.asarray(lengths), jnp.asarray(plan.prefill_writes(32)),
+                       plan.num_pages, config)
     continuation = np.random.default_rng(3).integers(0, 160, (4, new - 1))
     expect = [_reference_logits(model, prompts[b // n], continuation[b].tolist(), config) for b in range(4)]
     step_fn = jax.jit(decode_step, static_argnames=("attention", "num_samples"))

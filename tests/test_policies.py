@@ -18,7 +18,10 @@ def test_defaults_and_budgets():
     assert AttentionConfig(kind="topk", topk=100, local=28).budget == 132
     assert AttentionConfig(kind="sliding_window", local=60).budget == 64
     assert AttentionConfig(kind="sliding_window", local=60).page_offset == 0
-    assert AttentionConfig(kind="block_topk", block_topk=2, score="quest").uses_minmax
+    assert AttentionConfig(kind="block_topk", block_topk=2, score="quest").summaries == ("k_min", "k_max")
+    assert AttentionConfig(kind="block_topk", block_topk=2).summaries == ("k_mean",)
+    assert AttentionConfig().summaries == AttentionConfig(kind="topk", topk=4).summaries == ()
+    AttentionConfig(kind="block_topk", block_topk=256, block_size=8, backend="pallas")  # the paper's 8 x 256
     assert AttentionConfig(dense_layers=[0, 3]).dense_layers == (0, 3)
     hash(AttentionConfig(kind="block_topk", block_topk=2))  # a static jit argument
 
@@ -41,7 +44,6 @@ def test_defaults_and_budgets():
     (dict(dense_layers=(0, 0)), "dense_layers"),
     (dict(dense_layers=(-1,)), "dense_layers"),
     (dict(kind="topk", topk=8, backend="pallas"), "backend"),
-    (dict(kind="block_topk", block_topk=8, block_size=8, backend="pallas"), "block_size"),
 ])
 def test_bad_fields_are_named(kwargs, field):
     with pytest.raises(ValueError, match=field):

@@ -9,6 +9,7 @@ import pytest
 from kinetics_jax.attention import AttentionConfig, keep_mask, selection
 from kinetics_jax.attention.dispatch import paged_from_contiguous
 from kinetics_jax.cache import KVCache
+from pallas_kernels.paged_decode import PageList
 
 CONFIGS = [
     AttentionConfig(block_size=8),
@@ -29,22 +30,24 @@ def _shuffled(cache: KVCache, table: jnp.ndarray, seed: int) -> tuple[KVCache, j
     return moved, jnp.asarray(perm)[table]
 
 
-def _token_mask(pages: selection.PageList, table: np.ndarray, t: int, page_size: int, offset: int) -> np.ndarray:
-    """bool[B, Hkv, T] of the tokens a page list attends (checks each listed page belongs to its sequence)."""
-    b, hkv, _ = pages.pages.shape
-    mask = np.zeros((b, hkv, t), bool)
-    for i in range(b):
-        position = {int(page): j for j, page in enumerate(table[i])}
-        for h in range(hkv):
-            count = int(pages.count[i, h])
-            assert (pages.hi[i, h, count:] == pages.lo[i, h, count:]).all()  # nothing past count
-            for e in range(count):
-                j = position[int(pages.pages[i, h, e])]
-                lo, hi = int(pages.lo[i, h, e]), int(pages.hi[i, h, e])
-                assert lo < hi, "a listed entry attends nothing"
-                tokens = j * page_size + np.arange(lo, hi) - offset
-                assert not mask[i, h, tokens].any(), "a token listed twice"
-                mask[i, h, tokens] = True
+def _token_mask(pages: PageList, table: np.ndarray, t: int, page_size: int, offset: int) -> np.ndarray:
+    """bool[B, Hkv, T] of the tokens a page list attends, written from its definition in numpy (checks that each
+    read entry's page is its sequence's page at that block, reads something, and that no token is read twice)."""
+    page_ids, start, end, window = (np.asarray(a) for a in (pages.pages, pages.start, pages.end, pages.window))
+    blocks = None if pages.blocks is None else np.asarray(pages.blocks)
+    b, lists, _ = page_ids.shape
+    mask = np.zeros((b, lists, t), bool)
+    for i, h in np.ndindex(b, lists):
+        w0, w1, w2, w3 = window[i]
+        for e in range(start[i, h], end[i, h]):
+            block = e if blocks is None else int(blocks[i, h, e])
+            assert page_ids[i, h, e] == table[i, block], "an entry's page is not its sequence's page at its block"
+            position = block * page_size + np.arange(page_size)
+            read = ((position >= w0) & (position < w1)) | ((position >= w2) & (position < w3))
+            assert read.any(), "a read entry attends nothing"
+            tokens = position[read] - offset
+            assert not mask[i, h, tokens].any(), "a token read twice"
+            mask[i, h, tokens] = True
     return mask
 
 
@@ -59,18 +62,46 @@ def test_page_lists_select_the_reference_tokens(config, hq, hkv):
     cache, table = _shuffled(*paged_from_contiguous(k, k, lengths, config), seed=hq)
     ps, offset = config.block_size, config.page_offset
     if config.kind == "dense":
-        pages = selection.dense_pages(table, lengths, hkv, ps, offset)
+        pages = selection.dense_pages(table, lengths, ps, offset)
     elif config.kind == "sliding_window":
-        pages = selection.sliding_window_pages(table, lengths, hkv, config)
+        pages = selection.sliding_window_pages(table, lengths, config)
     else:
         pages = selection.block_topk_pages(q, cache, jnp.int32(0), table, lengths, config)
     got = _token_mask(pages, np.asarray(table), t, ps, offset)
-    np.testing.assert_array_equal(got, np.asarray(keep_mask(q, k, lengths, config)))
-    np.testing.assert_array_equal(np.asarray(pages.tokens()), got.sum(-1))
+    expect = np.asarray(keep_mask(q, k, lengths, config))
+    np.testing.assert_array_equal(np.broadcast_to(got, expect.shape), expect)
+    np.testing.assert_array_equal(np.asarray(pages.tokens(ps)), got.sum(-1))
     # the list is no wider than the policy needs: sink pages + chosen blocks + local pages
     if config.kind == "block_topk":
         width = -(-config.sink // ps) + config.block_topk + -(-(config.local + ps - 1) // ps)
         assert pages.pages.shape[-1] == width
+    if config.kind == "dense":  # one list for every KV head, straight from the page table: nothing of width built
+        assert pages.blocks is None and pages.pages.shape == (b, 1, table.shape[1])
+
+
+@pytest.mark.parametrize("score", ["mean", "quest"])
+def test_scoring_in_chunks_and_shared_prompt_scoring_choose_what_the_reference_does(score):
+    """More candidate blocks than one scoring chunk (the running top-k merges chunks), and two samples per prompt
+    whose first 100 blocks are the prompt's shared pages (scored from one read of their summaries)."""
+    rng = np.random.default_rng(7)
+    b, t, hq, hkv, d, ps = 4, 1300, 4, 2, 8, 4
+    config = AttentionConfig(kind="block_topk", sink=4, local=0, block_size=ps, block_topk=24, score=score)
+    assert (t - config.sink) // ps > 4 * selection.SCORE_CHUNK
+    q = jnp.asarray(rng.normal(size=(b, hq, d)), jnp.float32)
+    shared_k = rng.normal(size=(2, 1, 404, hkv, d))
+    k = np.concatenate([np.repeat(shared_k, 2, axis=1).reshape(b, 404, hkv, d),
+                        rng.normal(size=(b, t - 404, hkv, d))], axis=1)
+    k = jnp.asarray(k, jnp.float32)
+    lengths = jnp.asarray([1300, 1300, 997, 997], jnp.int32)
+    cache, table = paged_from_contiguous(k, k, lengths, config)
+    shared = 101  # entries: the sink page and 100 blocks (tokens 0 .. 403)
+    table = np.array(table)
+    table[1, :shared] = table[0, :shared]  # the samples of a prompt point at the same prompt pages
+    table[3, :shared] = table[2, :shared]
+    pages = selection.block_topk_pages(q, cache, jnp.int32(0), jnp.asarray(table), lengths, config,
+                                       num_samples=2, shared_pages=jnp.asarray([shared, shared], jnp.int32))
+    got = _token_mask(pages, table, t, ps, config.page_offset)
+    np.testing.assert_array_equal(got, np.asarray(keep_mask(q, k, lengths, config)))
 
 
 def test_quest_score_identity_equals_the_channel_max():
@@ -80,7 +111,8 @@ def test_quest_score_identity_equals_the_channel_max():
     k = rng.normal(size=(2, 32, 2, 8)).astype(np.float32)
     config = AttentionConfig(kind="block_topk", sink=0, block_size=8, block_topk=1, score="quest")
     cache, table = paged_from_contiguous(jnp.asarray(k), jnp.asarray(k), jnp.asarray([32, 32]), config)
-    got = np.asarray(selection.block_scores(jnp.asarray(q), cache, jnp.int32(0), table, "quest"))
+    qbar, qabs = selection.group_means(jnp.asarray(q), 2, quest=True)
+    got = np.asarray(selection.block_scores(qbar[:, None], qabs[:, None], cache, jnp.int32(0), table)[:, 0])
     blocks = k.reshape(2, 4, 8, 2, 8)
     lo, hi = blocks.min(2), blocks.max(2)  # [B, J, Hkv, D]
     qg = q.reshape(2, 2, 2, 8)

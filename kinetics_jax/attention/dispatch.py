@@ -1,17 +1,19 @@
-"""Decode attention as the engine runs it: a policy's page list, read by the XLA reference or a Pallas kernel.
+"""Decode attention as the engine runs it: a policy's page list, read by the XLA implementation or a Pallas kernel.
 
     out, attended = decode_attention(q, cache, layer, page_table, lengths, config, page_offset=...)
 
-- dense layers (kind "dense", and the layers in config.dense_layers) read every page; with the Pallas backend
-  and N > 1 samples per prompt they use the shared-prefix (cascade) form: the N samples' queries read the
-  shared prompt pages together, once per step, and their own pages separately; the two partial softmaxes are
-  merged by log-sum-exp.
+- dense layers (kind "dense", and the layers in config.dense_layers) read every page; with N > 1 samples per
+  prompt they use the shared-prefix (cascade) form: the N samples' queries read the shared prompt pages
+  together, once per step, and their own pages separately; the two partial softmaxes are merged by log-sum-exp.
 - block_topk and sliding_window build a `PageList` in XLA (selection.py) and read only those pages. While every
   sequence is below the policy's activation threshold the step is dense: nothing is scored, and the cascade
   reads shared prompt pages once.
-- topk is the oracle: it scores every cached key, so it always runs in XLA on the gathered pages.
+- topk is the oracle: it scores every cached key (in chunks, a running top-k), then attends the sink, the chosen
+  tokens and the local window; it runs in XLA.
 
-`sparse_decode` is the same thing for contiguous K/V [B, T, Hkv, D], for users and tests without a cache.
+Every path's work follows the cached lengths: the kernels and the XLA implementation loop over the entries read
+with run-time trip counts, so a page table wider than the sequences costs nothing. `sparse_decode` is the same
+thing for contiguous K/V [B, T, Hkv, D], for users and tests without a cache.
 """
 
 from __future__ import annotations
@@ -23,54 +25,60 @@ import jax.numpy as jnp
 
 from kinetics_jax.attention import selection
 from kinetics_jax.attention.policies import AttentionConfig
-from kinetics_jax.attention.reference import keep_mask, masked_attention
-from kinetics_jax.cache import KVCache
+from kinetics_jax.cache import KVCache, page_summaries
+from pallas_kernels.paged_decode import PageList
 from pallas_kernels.paged_decode import ops as kernels
 
 # Programs the Pallas grid should offer a GPU (about two per SM of an H100/H200), when splitting the page list.
 _TARGET_PROGRAMS = 256
 _MIN_PAGES_PER_SPLIT = 8
+ORACLE_CHUNK = 512  # tokens the oracle scores per loop iteration
 
 
 def _implementation(config: AttentionConfig) -> str | None:
-    return "xla" if config.backend == "xla" else None  # None: the kernel for this platform
+    return "xla" if config.backend == "xla" else None  # None: the kernel for the lowering platform
 
 
-def _num_splits(rows: int, kv_heads: int, entries: int, config: AttentionConfig) -> int:
-    """Flash-decoding split count for the Pallas kernel: enough programs to fill a GPU, each with a few pages
-    (1 for the XLA reference and off GPU)."""
-    if config.backend == "xla" or jax.default_backend() != "gpu":
+def _num_splits(rows: int, kv_heads: int, entries: int, config: AttentionConfig, platform: str) -> int:
+    """Flash-decoding split count for the Pallas kernel on a GPU `platform`: enough programs to fill it, each
+    with a few pages (1 for XLA, for TPU, whose grid of rows x heads already fills its cores, and off GPU)."""
+    if config.backend == "xla" or platform not in ("gpu", "cuda", "rocm"):
         return 1
     want = _TARGET_PROGRAMS // max(rows * kv_heads, 1)
     return max(1, min(want, entries // _MIN_PAGES_PER_SPLIT))
 
 
-def _read(q: jax.Array, cache: KVCache, layer: jax.Array, pages: selection.PageList, config: AttentionConfig
-          ) -> jax.Array:
+def _partials(q: jax.Array, cache: KVCache, layer: jax.Array, pages: PageList, config: AttentionConfig,
+              platform: str) -> tuple[jax.Array, jax.Array]:
+    """q [R, Hkv, rows, D] over the listed pages -> per-split (o, lse)."""
+    r, hkv = q.shape[:2]
+    return kernels.paged_decode_partials(q, cache.k, cache.v, layer, pages,
+                                         num_splits=_num_splits(r, hkv, pages.pages.shape[-1], config, platform),
+                                         implementation=_implementation(config))
+
+
+def _read(q: jax.Array, cache: KVCache, layer: jax.Array, pages: PageList, config: AttentionConfig,
+          platform: str) -> jax.Array:
     """q [B, Hq, D] attends the listed pages -> [B, Hq, D]."""
     b, hq, d = q.shape
     hkv = cache.k.shape[1]
-    out = kernels.paged_decode(q.reshape(b, hkv, hq // hkv, d), cache.k, cache.v, layer, *pages,
-                               num_splits=_num_splits(b, hkv, pages.pages.shape[-1], config),
-                               implementation=_implementation(config))
-    return out.reshape(b, hq, d)
+    o, lse = _partials(q.reshape(b, hkv, hq // hkv, d), cache, layer, pages, config, platform)
+    return kernels.merge_partials(o, lse, axis=2)[0].reshape(b, hq, d).astype(q.dtype)
 
 
 def _cascade(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
-             shared_pages: jax.Array, num_samples: int, page_offset: int, config: AttentionConfig) -> jax.Array:
+             shared_pages: jax.Array, num_samples: int, page_offset: int, config: AttentionConfig,
+             platform: str) -> jax.Array:
     """Dense attention for B = P x N sequences whose first shared_pages[p] page-table entries are shared."""
     b, hq, d = q.shape
     hkv, ps = cache.k.shape[1], cache.page_size
     group, prompts = hq // hkv, b // num_samples
-    impl = _implementation(config)
     # Shared prompt pages: the N samples' query groups of a prompt are the rows of one program.
     q_shared = q.reshape(prompts, num_samples, hkv, group, d).transpose(0, 2, 1, 3, 4)
     q_shared = q_shared.reshape(prompts, hkv, num_samples * group, d)
     shared_end = shared_pages * ps
-    shared = selection.dense_pages(page_table[::num_samples], shared_end - page_offset, hkv, ps, page_offset)
-    o1, lse1 = kernels.paged_decode_partials(q_shared, cache.k, cache.v, layer, *shared,
-                                             num_splits=_num_splits(prompts, hkv, shared.pages.shape[-1], config),
-                                             implementation=impl)
+    shared = selection.dense_pages(page_table[::num_samples], shared_end - page_offset, ps, page_offset)
+    o1, lse1 = _partials(q_shared, cache, layer, shared, config, platform)
     splits = o1.shape[2]
     o1 = o1.reshape(prompts, hkv, splits, num_samples, group, d).transpose(0, 3, 1, 2, 4, 5)
     o1 = o1.reshape(b, hkv, splits, group, d)
@@ -78,28 +86,67 @@ def _cascade(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Arr
     lse1 = lse1.reshape(b, hkv, splits, group)
     # Each sample's own pages.
     first_own = jnp.maximum(jnp.repeat(shared_end, num_samples), page_offset)
-    own = selection.dense_pages(page_table, lengths, hkv, ps, page_offset, first_token=first_own)
-    o2, lse2 = kernels.paged_decode_partials(q.reshape(b, hkv, group, d), cache.k, cache.v, layer, *own,
-                                             num_splits=_num_splits(b, hkv, own.pages.shape[-1], config),
-                                             implementation=impl)
+    own = selection.dense_pages(page_table, lengths, ps, page_offset, first_token=first_own)
+    o2, lse2 = _partials(q.reshape(b, hkv, group, d), cache, layer, own, config, platform)
     out, _ = kernels.merge_partials(jnp.concatenate([o1, o2], axis=2), jnp.concatenate([lse1, lse2], axis=2),
                                     axis=2)
     return out.reshape(b, hq, d).astype(q.dtype)
 
 
+def _token_kv(pool: jax.Array, layer: jax.Array, page_table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """pool [L, Hkv, P, ps, D] at tokens int32[B, Hkv, T] of each row's sequence (page_offset 0) -> [B, Hkv, T, D]."""
+    ps, width = pool.shape[3], page_table.shape[1]
+    pages = jnp.take_along_axis(page_table[:, None, :], jnp.clip(tokens // ps, 0, width - 1), axis=-1)
+    heads = jnp.arange(pool.shape[1])[None, :, None]
+    return pool[layer, heads, pages, tokens % ps]
+
+
 def _oracle_topk(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
                  config: AttentionConfig) -> tuple[jax.Array, jax.Array]:
-    """The oracle reads every cached key: gather the pages, then apply the reference policy."""
-    k, v = _tokens(cache.k, layer, page_table), _tokens(cache.v, layer, page_table)
-    keep = keep_mask(q, k, lengths, config)
-    return masked_attention(q, k, v, keep), jnp.sum(keep[:, 0], axis=-1, dtype=jnp.int32)
+    """The oracle reads every cached key of the middle [sink, n - local) in chunks of ORACLE_CHUNK tokens (a
+    running top-k of group-mean logits, as many iterations as the longest middle needs), then attends the sink,
+    the chosen tokens and the local window. Below its threshold (n <= budget) the top-k holds the whole middle,
+    so the step is dense."""
+    b, hq, d = q.shape
+    hkv = cache.k.shape[1]
+    n = lengths.astype(jnp.int32)
+    mid_lo, mid_hi = config.sink, jnp.maximum(n - config.local, config.sink)
+    qg = q.reshape(b, hkv, hq // hkv, d)
+    step = jnp.arange(ORACLE_CHUNK, dtype=jnp.int32)
 
+    def body(i, state):
+        values, best = state
+        tokens = jnp.broadcast_to((mid_lo + i * ORACLE_CHUNK + step)[None, None, :], (b, hkv, ORACLE_CHUNK))
+        keys = _token_kv(cache.k, layer, page_table, tokens)                                  # [B, Hkv, C, D]
+        logits = jnp.mean(jnp.einsum("bkgd,bkcd->bkgc", qg, keys, preferred_element_type=jnp.float32), axis=2)
+        logits = jnp.where(tokens < mid_hi[:, None, None], logits, -jnp.inf)
+        values, top = jax.lax.top_k(jnp.concatenate([values, logits], axis=-1), config.topk)
+        return values, jnp.take_along_axis(jnp.concatenate([best, tokens], axis=-1), top, axis=-1)
 
-def _tokens(pool: jax.Array, layer: jax.Array, page_table: jax.Array) -> jax.Array:
-    """pool [L, Hkv, P, ps, D] -> the tokens of each page-table row [B, M * ps, Hkv, D] (page_offset 0)."""
-    pages = pool[layer, :, page_table]  # [B, M, Hkv, ps, D]
-    b, m, hkv, ps, d = pages.shape
-    return pages.transpose(0, 1, 3, 2, 4).reshape(b, m * ps, hkv, d)
+    state = (jnp.full((b, hkv, config.topk), -jnp.inf, jnp.float32), jnp.zeros((b, hkv, config.topk), jnp.int32))
+    trips = -(-jnp.max(mid_hi - mid_lo) // ORACLE_CHUNK)
+    values, chosen = jax.lax.fori_loop(0, trips, body, state)
+    picked = values > -jnp.inf
+    # The chosen tokens: gathered one by one, one partial softmax.
+    scores = jnp.einsum("bkgd,bktd->bkgt", qg, _token_kv(cache.k, layer, page_table, chosen),
+                        preferred_element_type=jnp.float32) * d ** -0.5
+    scores = jnp.where(picked[:, :, None, :], scores, -jnp.inf)
+    m = jnp.max(scores, axis=-1)
+    m_safe = jnp.where(m == -jnp.inf, 0.0, m)
+    p = jnp.exp(scores - m_safe[..., None])
+    l = jnp.sum(p, axis=-1)
+    values_v = jnp.where(picked[..., None], _token_kv(cache.v, layer, page_table, chosen), 0)
+    o_top = jnp.einsum("bkgt,bktd->bkgd", p.astype(values_v.dtype), values_v, preferred_element_type=jnp.float32)
+    o_top = o_top / jnp.where(l > 0, l, 1.0)[..., None]
+    lse_top = jnp.where(l > 0, m_safe + jnp.log(l), -jnp.inf)
+    # The sink and the local window: a page list, as sliding_window reads them.
+    ends = selection.ends_pages(page_table, n, config.sink, mid_hi, config.local, cache.page_size)
+    o_ends, lse_ends = kernels.paged_decode_partials(qg, cache.k, cache.v, layer, ends, num_splits=1,
+                                                     implementation="xla")
+    out, _ = kernels.merge_partials(jnp.concatenate([o_ends, o_top[:, :, None]], axis=2),
+                                    jnp.concatenate([lse_ends, lse_top[:, :, None]], axis=2), axis=2)
+    attended = jnp.minimum(n, config.sink) + (n - mid_hi) + jnp.sum(picked[:, 0], axis=-1, dtype=jnp.int32)
+    return out.reshape(b, hq, d).astype(q.dtype), attended
 
 
 def _inactive(lengths: jax.Array, config: AttentionConfig) -> jax.Array:
@@ -111,38 +158,43 @@ def _inactive(lengths: jax.Array, config: AttentionConfig) -> jax.Array:
 
 def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
                      config: AttentionConfig, *, page_offset: int, num_samples: int = 1,
-                     shared_pages: jax.Array | None = None, head_mean: selection.HeadMean | None = None
-                     ) -> tuple[jax.Array, jax.Array]:
+                     shared_pages: jax.Array | None = None, head_mean: selection.HeadMean | None = None,
+                     platform: str | None = None) -> tuple[jax.Array, jax.Array]:
     """One decode step of one layer for B sequences.
 
     q [B, Hq, D] (rotated); cache: pools [L, Hkv, P, ps, D] (the current token already appended); layer: int32
     scalar; page_table int32[B, M]; lengths int32[B] (cached tokens, the current one included); page_offset:
     the cache's empty leading slots (config.page_offset of the cache's policy); num_samples, shared_pages
     int32[P]: B = P x num_samples sequences whose first shared_pages[p] entries are shared (enables the
-    cascade; None: nothing shared); head_mean: when the query heads of a KV head are split over devices, the
-    function that completes group means (distributed.kv_head_mean; block selection uses it). Returns (out
-    [B, Hq, D], KV tokens attended int32[B]).
+    cascade and the shared scoring of block top-k; None: nothing shared); head_mean: when the query heads of a
+    KV head are split over devices, the function that completes group means (distributed.kv_head_mean; block
+    selection uses it); platform: the compilation target ("gpu", "tpu", "cpu"; default: jax's default backend),
+    which sets the kernel's split count. Returns (out [B, Hq, D], KV tokens attended int32[B]).
     """
     if head_mean is not None and config.kind == "topk":
         raise ValueError("the oracle topk scores every key with the whole query group; it needs a 'model' mesh "
                          "axis that divides the KV heads")
-    hkv, ps = cache.k.shape[1], cache.page_size
+    platform = platform or jax.default_backend()
+    ps = cache.page_size
 
     def dense(q):
-        if config.backend == "pallas" and num_samples > 1 and shared_pages is not None:
-            out = _cascade(q, cache, layer, page_table, lengths, shared_pages, num_samples, page_offset, config)
+        if num_samples > 1 and shared_pages is not None:
+            out = _cascade(q, cache, layer, page_table, lengths, shared_pages, num_samples, page_offset, config,
+                           platform)
         else:
-            out = _read(q, cache, layer, selection.dense_pages(page_table, lengths, hkv, ps, page_offset), config)
+            out = _read(q, cache, layer, selection.dense_pages(page_table, lengths, ps, page_offset), config,
+                        platform)
         return out, lengths.astype(jnp.int32)
 
     def sparse(q):
         if config.kind == "topk":
             return _oracle_topk(q, cache, layer, page_table, lengths, config)
         if config.kind == "sliding_window":
-            pages = selection.sliding_window_pages(page_table, lengths, hkv, config)
+            pages = selection.sliding_window_pages(page_table, lengths, config)
         else:
-            pages = selection.block_topk_pages(q, cache, layer, page_table, lengths, config, head_mean)
-        return _read(q, cache, layer, pages, config), pages.tokens()[:, 0]
+            pages = selection.block_topk_pages(q, cache, layer, page_table, lengths, config, head_mean,
+                                               num_samples, shared_pages)
+        return _read(q, cache, layer, pages, config, platform), pages.tokens(ps)[:, 0]
 
     def policy(q):
         if config.kind == "topk":
@@ -176,21 +228,21 @@ def sparse_decode(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, 
 
 def paged_from_contiguous(k: jax.Array, v: jax.Array, lengths: jax.Array, config: AttentionConfig
                           ) -> tuple[KVCache, jax.Array]:
-    """Lays k, v [B, T, Hkv, D] out as a one-layer cache with config's page size and offset, summaries
-    included (tokens at or past lengths[b] are dropped). Returns (cache, page_table int32[B, M]): sequence b
-    owns pages b * M .. b * M + M - 1."""
+    """Lays k, v [B, T, Hkv, D] out as a one-layer cache with config's page size and offset, summaries of its
+    full pages included (tokens at or past lengths[b] are dropped). Returns (cache, page_table int32[B, M]):
+    sequence b owns pages 1 + b * M .. b * M + M (page 0 is the null page)."""
     b, t, hkv, d = k.shape
     ps, offset = config.block_size, config.page_offset
     width = -(-(offset + t) // ps)
     pad = ((0, 0), (offset, width * ps - offset - t))
     slot_valid = jnp.pad(jnp.arange(t)[None, :] < lengths[:, None], pad)  # [B, M * ps] in virtual order
 
-    def paged(x: jax.Array, fill) -> jax.Array:  # [B, T, Hkv, D] -> [1, Hkv, B * M, ps, D]
-        x = jnp.where(slot_valid[:, :, None, None], jnp.pad(x, pad + ((0, 0), (0, 0))), fill)
-        return x.reshape(b, width, ps, hkv, d).transpose(3, 0, 1, 2, 4).reshape(1, hkv, b * width, ps, d)
+    def paged(x: jax.Array) -> jax.Array:  # [B, T, Hkv, D] -> [1, Hkv, 1 + B * M, ps, D]
+        x = jnp.where(slot_valid[:, :, None, None], jnp.pad(x, pad + ((0, 0), (0, 0))), 0)
+        x = x.reshape(b, width, ps, hkv, d).transpose(3, 0, 1, 2, 4).reshape(1, hkv, b * width, ps, d)
+        return jnp.pad(x, ((0, 0), (0, 0), (1, 0), (0, 0), (0, 0)))
 
-    k32 = k.astype(jnp.float32)
-    cache = KVCache(paged(k, 0), paged(v, 0), jnp.sum(paged(k32, 0.0), axis=3),
-                    jnp.min(paged(k32, jnp.inf), axis=3) if config.uses_minmax else None,
-                    jnp.max(paged(k32, -jnp.inf), axis=3) if config.uses_minmax else None)
-    return cache, jnp.arange(b * width, dtype=jnp.int32).reshape(b, width)
+    k_pool, v_pool = paged(k), paged(v)
+    summaries = page_summaries(k_pool, config.summaries)  # full pages are scored; the rest are never read
+    table = 1 + jnp.arange(b * width, dtype=jnp.int32).reshape(b, width)
+    return KVCache(k_pool, v_pool, **summaries), table

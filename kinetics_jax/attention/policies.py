@@ -9,13 +9,15 @@ used for choosing is the query-group mean.
   tokens with the highest group-mean logit q.k. Active only when n > sink + topk + local (dense below).
 - block_topk (the tractable method): the middle [sink, n - local) is cut into blocks of `block_size` tokens,
   aligned to start right after the sink; the trailing partial block joins the local window. A block's score is
-  the group-mean query . the block's mean key ("mean"), or the Quest upper bound sum_d max(q_d min_d, q_d max_d)
-  over the block's channel-wise key min / max, averaged over the group ("quest"). The `block_topk` best blocks
-  are kept. Active when there are more than `block_topk` full blocks (dense below: every block is kept).
+  the group-mean query . the block's mean key, kept in the cache dtype ("mean"), or the Quest upper bound
+  sum_d max(q_d min_d, q_d max_d) over the block's channel-wise key min / max, averaged over the group
+  ("quest"). The `block_topk` best blocks are kept. Active when there are more than `block_topk` full blocks
+  (dense below: every block is kept).
 - sliding_window: the first `sink` tokens and the last `local` tokens.
 
 Prefill is always dense, and so are the layers in `dense_layers` (the original keeps layer 0 dense).
-`block_size` is also the page size of the KV cache, so a selected block is one cache page.
+`block_size` is also the page size of the KV cache, so a selected block is one cache page; the kernels read
+several pages per tile, so any power of two works on every backend.
 """
 
 from __future__ import annotations
@@ -82,9 +84,6 @@ class AttentionConfig:
                 raise bad("score", f"must be one of {SCORES}")
         if self.kind == "sliding_window" and self.local < 1:
             raise bad("local", "kind 'sliding_window' needs local >= 1 (a budget of 0 attends nothing)")
-        if self.backend == "pallas" and self.block_size < 16:
-            raise bad("block_size", "the Pallas kernels need pages of >= 16 tokens (Triton dots need 16 rows, "
-                                    "TPU bf16 tiles 16 sublanes); use backend 'xla' for smaller blocks")
         if self.kind == "topk" and self.backend == "pallas":
             raise bad("backend", "kind 'topk' is an oracle that scores every cached key; it has no Pallas kernel, "
                                  "use backend 'xla'")
@@ -111,9 +110,12 @@ class AttentionConfig:
         return (-self.sink) % self.block_size if self.kind == "block_topk" else 0
 
     @property
-    def uses_minmax(self) -> bool:
-        """Whether the cache must keep per-page channel-wise key min / max (the Quest score)."""
-        return self.score == "quest"
+    def summaries(self) -> tuple[str, ...]:
+        """The per-page key summaries the cache keeps for this policy (KVCache fields): the mean key for
+        block_topk "mean", the channel-wise min and max for "quest", none otherwise."""
+        if self.kind != "block_topk":
+            return ()
+        return ("k_mean",) if self.score == "mean" else ("k_min", "k_max")
 
     def describe(self) -> str:
         """A short label, e.g. "block_topk(sink=4, local=0, 64x16, mean, pallas)"."""

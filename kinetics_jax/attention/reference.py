@@ -56,7 +56,8 @@ def keep_mask(q: jax.Array, k: jax.Array, lengths: jax.Array, config: AttentionC
     blocks = span.reshape(b, num_blocks, bs, hkv, -1)
     qg = q.reshape(b, hkv, q.shape[1] // hkv, -1).astype(jnp.float32)
     if config.score == "mean":
-        block_scores = jnp.einsum("bkgd,bjkd->bkgj", qg, jnp.mean(blocks, axis=2))
+        mean_key = jnp.mean(blocks, axis=2).astype(k.dtype).astype(jnp.float32)  # kept in the cache dtype
+        block_scores = jnp.einsum("bkgd,bjkd->bkgj", qg, mean_key)
     else:  # quest: per head sum_d max(q_d * min_d, q_d * max_d)
         lo, hi = jnp.min(blocks, axis=2), jnp.max(blocks, axis=2)  # [B, J, Hkv, D]
         block_scores = jnp.sum(jnp.maximum(qg[:, :, :, None] * jnp.swapaxes(lo, 1, 2)[:, :, None],

@@ -29,7 +29,11 @@ Per step, for the N samples of a prompt (bytes; kv_tok = 2 Hkv d itemsize per to
     sparse-layer KV    N * attended * kv_tok once the policy is active: selections differ per sample, nothing
                        is shared. Below its threshold a sparse layer is dense and priced like one (the engine
                        reads it through the shared-prefix cascade)
-    block summaries    N * n_full * Hkv d * 4 ("mean": float32 key sums) or * 8 ("quest": float32 min and max)
+    block summaries    (Sp + N (n_full - Sp)) * Hkv d * itemsize ("mean": one mean key per block) or * 2 itemsize
+                       ("quest": min and max), once the policy is active, in the cache dtype: the Sp =
+                       min(n_full, prompt blocks) candidates that are the prompt's shared full pages are read
+                       once per step for the N samples (their scores differ, the summaries do not), the sample's
+                       own blocks per sample; prompt blocks = (Li + page_offset) // block_size - sink pages
     parameters         P * itemsize (weights are read once per step for the N-sample batch; P as above, so the
                        embedding table is priced as if read in full); off by default, as in the paper
 
@@ -200,6 +204,14 @@ def full_blocks(n: np.ndarray, attention: AttentionConfig) -> np.ndarray:
     return np.maximum(n - attention.local - attention.sink, 0) // attention.block_size
 
 
+def _prompt_blocks(prompt_len: int, attention: AttentionConfig) -> int:
+    """Full pages of a prompt past the sink pages: the block top-k candidates its samples share."""
+    if attention.kind != "block_topk":
+        return 0
+    sink_pages = -(-attention.sink // attention.block_size)
+    return max((prompt_len + attention.page_offset) // attention.block_size - sink_pages, 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Counts:
     """Integer counts of a job. Each cost term is one of them times a per-token constant (`_price`)."""
@@ -210,6 +222,7 @@ class _Counts:
     sparse_read: int  # KV tokens read by sparse layers past their activation threshold, per sample
     inactive: int     # KV tokens of sparse layers below their threshold (dense then: counted in dense_read)
     blocks: int       # block summaries scored, summed over sparse layers, decode steps and samples
+    summaries: int    # block summaries read: the prompt's shared ones once per step, the rest per sample
     steps: int        # batched steps of the samples of each prompt (weight reads)
 
     def __add__(self, other: "_Counts") -> "_Counts":
@@ -240,7 +253,10 @@ class _StepSums:
         self.inactive = prefix(np.where(below, sparse_tokens, 0))
         self.dense_steps = prefix(shared)      # times the prompt is read (per layer), one per step
         self.own_read = prefix(shared * (j - 1))  # a sample's own generated tokens read by those layers
-        self.blocks = prefix(np.where(below, 0, sparse * full_blocks(n, attention)))  # scored once active
+        scored = np.where(below, 0, sparse * full_blocks(n, attention))  # per sample, once the policy is active
+        shared_blocks = np.minimum(scored, sparse * _prompt_blocks(prompt_len, attention))
+        self.blocks = prefix(scored)
+        self.shared_blocks = prefix(shared_blocks)  # read once per step for the samples of the prompt
 
     def counts(self, lengths: np.ndarray) -> _Counts:
         """Counts of the samples of this prompt that generate `lengths` (int64[N], each >= 1) tokens: the prompt
@@ -252,6 +268,7 @@ class _StepSums:
         return _Counts(generated=int(lengths.sum()), attended=total(self.attended),
                        dense_read=self.prompt_len * int(self.dense_steps[steps]) + total(self.own_read),
                        sparse_read=total(self.sparse_read), inactive=total(self.inactive), blocks=total(self.blocks),
+                       summaries=int(self.shared_blocks[steps]) + total(self.blocks) - total(self.shared_blocks),
                        steps=steps)
 
 
@@ -267,7 +284,7 @@ def _price(counts: _Counts, config: Qwen3Config, attention: AttentionConfig, hw:
         attention_flops=4 * config.num_attention_heads * config.head_dim * counts.attended,
         scoring_flops=(4 if quest else 2) * hkv_d * counts.blocks,
         kv_bytes=2 * hkv_d * itemsize * (counts.dense_read + counts.sparse_read),
-        summary_bytes=(8 if quest else 4) * hkv_d * counts.blocks,
+        summary_bytes=(2 if quest else 1) * hkv_d * itemsize * counts.summaries,
         param_bytes=params * itemsize * counts.steps if param_bytes else 0,
     )
     return CostBreakdown(**{k: v / divisor for k, v in terms.items()}, hardware=hw.name, intensity=hw.intensity,
@@ -405,3 +422,59 @@ def _check_measured(measured: np.ndarray, dense: np.ndarray, lengths: np.ndarray
                          f"attended {measured[step, layer]} tokens, but the running samples' contexts sum to "
                          f"{full[step]} (a dense layer attends all of it, a sparse one at most that); was the run "
                          f"made with another policy?")
+
+
+# ------------------------------------------------------------------------------------------------ one step
+@dataclasses.dataclass(frozen=True)
+class StepReads:
+    """What one decode step of P prompts x N samples reads and writes, summed over layers and rows, at a context
+    of n cached tokens (the current one included), with the engine's sharing: one KV token is one layer's K and V
+    of every KV head; one summary is one layer's summary of one block over every KV head.
+
+    kv_tokens: KV tokens read (dense layers and sparse layers below their threshold read the prompt once per
+    prompt, the rest per sample); summaries: block summaries read (the prompt's shared ones once per prompt);
+    kv_written: KV tokens appended (one per row and layer); attended: KV tokens attended, per row (FLOPs);
+    scored: block summaries scored, per row (FLOPs)."""
+
+    kv_tokens: int
+    summaries: int
+    kv_written: int
+    attended: int
+    scored: int
+
+    def bytes(self, config: Qwen3Config, attention: AttentionConfig, dtype: DTypeLike) -> dict[str, int]:
+        """{"kv": bytes of KV read, "summaries": of summaries read, "kv_written": of KV appended} in `dtype`."""
+        per_token = 2 * config.num_key_value_heads * config.head_dim * np.dtype(dtype).itemsize
+        per_summary = len(attention.summaries) * config.num_key_value_heads * config.head_dim * \
+            np.dtype(dtype).itemsize
+        return {"kv": self.kv_tokens * per_token, "summaries": self.summaries * per_summary,
+                "kv_written": self.kv_written * per_token}
+
+    def flops(self, config: Qwen3Config, attention: AttentionConfig) -> int:
+        """Attention FLOPs (QK^T and PV over the attended tokens) plus block scoring."""
+        hkv_d = config.num_key_value_heads * config.head_dim
+        return (4 * config.num_attention_heads * config.head_dim * self.attended
+                + (4 if attention.score == "quest" else 2) * hkv_d * self.scored)
+
+
+def decode_step_reads(config: Qwen3Config, attention: AttentionConfig, *, context: int, prompt_len: int,
+                      num_prompts: int, num_samples: int) -> StepReads:
+    """`StepReads` of one decode step at `context` cached tokens per row, prompt_len of them the prompt's (the
+    same sums as `tts_cost` at one step j = context - prompt_len + 1 >= 2, for the whole batch)."""
+    context = _positive_int("context", context)
+    prompt_len = min(_positive_int("prompt_len", prompt_len), context)
+    rows = _positive_int("num_prompts", num_prompts) * _positive_int("num_samples", num_samples)
+    attention.check_layers(config.num_hidden_layers)
+    layers = config.num_hidden_layers
+    dense = _dense_layer_count(config, attention)
+    sparse = layers - dense
+    attended = int(attended_tokens(np.int64(context), attention))
+    below = attended == context
+    shared_layers = dense + (sparse if below else 0)
+    kv = shared_layers * (num_prompts * prompt_len + rows * (context - prompt_len))
+    kv += 0 if below else sparse * rows * attended
+    scored = 0 if below else int(full_blocks(np.int64(context), attention))
+    shared = min(scored, _prompt_blocks(prompt_len, attention))
+    summaries = sparse * (num_prompts * shared + rows * (scored - shared))
+    return StepReads(kv_tokens=kv, summaries=summaries, kv_written=layers * rows,
+                     attended=rows * (dense * context + sparse * attended), scored=rows * sparse * scored)

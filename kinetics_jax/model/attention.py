@@ -32,17 +32,21 @@ class Attention(nnx.Module):
 
     def project_qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x: [B, T, hidden], positions: int[B, T] -> q [B, T, Hq, D], k and v [B, T, Hkv, D] (q, k rotated)."""
-        dt = self.dtype
-        q = jnp.einsum("bte,ehd->bthd", x, self.q_proj[...].astype(dt))
-        k = jnp.einsum("bte,ehd->bthd", x, self.k_proj[...].astype(dt))
-        v = jnp.einsum("bte,ehd->bthd", x, self.v_proj[...].astype(dt))
+        q, k, v = (_project(x, w[...].astype(self.dtype)) for w in (self.q_proj, self.k_proj, self.v_proj))
         q, k = self.q_norm(q), self.k_norm(k)  # Qwen3: per-head RMSNorm over head_dim, *before* RoPE
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, dt)
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, self.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def project_out(self, attn: jax.Array) -> jax.Array:
         """attn: [B, T, Hq, D] -> [B, T, hidden]."""
-        return jnp.einsum("bthd,hde->bte", attn, self.o_proj[...].astype(self.dtype))
+        w = self.o_proj[...].astype(self.dtype)
+        return attn.reshape(attn.shape[:2] + (-1,)) @ w.reshape(-1, w.shape[-1])
+
+
+def _project(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [B, T, hidden] @ w [hidden, heads, D] -> [B, T, heads, D], as one plain matmul over the flattened heads
+    (a dot with two output dimensions makes TPU compilers re-lay the weight out, a copy per layer and step)."""
+    return (x @ w.reshape(w.shape[0], -1)).reshape(x.shape[:2] + w.shape[1:])
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array) -> jax.Array:

@@ -2,15 +2,15 @@
 
     result = kj.generate(model, [prompt_ids, ...], num_samples=8, max_new_tokens=4096)
 
-Data path: prompts (right-padded to a length bucket) run through the model once with causal attention; their K/V
-are scattered into the paged cache (full prompt pages once, the partial last page once per sample); the last
-prompt logits give each sample's first token. A single `lax.while_loop` then feeds the N samples of every prompt
+Data path: prompts (right-padded to a length bucket) run through the model once with causal attention; inside the
+layer scan each layer's K/V are written into the paged cache in place (full prompt pages once, the partial last
+page once per sample); the last prompt logits give each sample's first token. A single `lax.while_loop` then feeds the N samples of every prompt
 as one batch: embed, per layer append K/V to the sample's page and attend through its page table, logits,
 sample, stop checks. No Python runs per token, and the loop exits as soon as every sample is done.
 
 Shape buckets (one compilation per bucket, see `_bucket`): prompt length -> next power of two (>= 16); the
 token buffer -> next power of two >= max_new_tokens (the loop bound itself is a runtime value); page-table width
--> next power of two; cache pages -> multiple of 64; the prefill scatter -> next power of two. The batch
+-> next power of two; cache pages -> multiple of 64; the prefill page writes -> next power of two. The batch
 (prompts x samples) is exact.
 """
 
@@ -113,55 +113,65 @@ def _repeated(tokens: jax.Array, generated: jax.Array, stop: RepetitionStop) -> 
     return jax.vmap(one)(tokens, generated)
 
 
-def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.Array, scatter: jax.Array,
-            num_pages: int, page_size: int, minmax: bool, mesh: Mesh | None = None) -> tuple[jax.Array, KVCache]:
-    """Dense causal pass over right-padded prompts int32[P, T]; their K/V written into a new paged cache through
-    the plan's scatter int32[4, n] (page, slot, prompt, token); `minmax`: also keep per-page key min / max.
-    Under a `mesh` the prompts, the scatter and the `num_pages` pool are split over "data" (each shard's scatter
-    holds its local page and prompt indices) and the KV heads over "model" (copied distributed.kv_replicas
+def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.Array, writes: jax.Array,
+            num_pages: int, attention: AttentionConfig, mesh: Mesh | None = None) -> tuple[jax.Array, KVCache]:
+    """Dense causal pass over right-padded prompts int32[P, T]. Inside the layer scan, each layer's K/V go
+    straight into a new paged cache (page size, offset and summaries of `attention`) through the plan's page
+    writes int32[3, n]: (destination page, source page = prompt * pages_per_prompt + block, whether the page is
+    full). Under a `mesh` the prompts, the writes and the `num_pages` pool are split over "data" (each shard's
+    writes hold its local page and prompt indices) and the KV heads over "model" (copied distributed.kv_replicas
     times when "model" is larger than the KV head count).
     Returns (logits [P, V] at each prompt's last token, cache)."""
     num_prompts, prompt_len = prompt_ids.shape
     valid = jnp.arange(prompt_len)[None, :] < prompt_lengths[:, None]
     positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), prompt_ids.shape)
-
-    def attend(q, k, v, layer, carry):
-        return causal_attention(q, k, v, valid), carry, (k, v)
-
-    hidden, _, ys = model.hidden_states(prompt_ids, positions, attend)
     replicas = distributed.kv_replicas(model.config, mesh)
-    k_all = jnp.repeat(jnp.concatenate([y[0] for y in ys], axis=0), replicas, axis=3)  # [L, P, T, Hkv, D]
-    v_all = jnp.repeat(jnp.concatenate([y[1] for y in ys], axis=0), replicas, axis=3)
-    cache = KVCache.zeros(model.config, num_pages, page_size, k_all.dtype, minmax, replicas)
-    cache_axes = _cache_axes(minmax)
+    ps, offset = attention.block_size, attention.page_offset
+    blocks = -(-(prompt_len + offset) // ps)  # source pages per prompt
+    cache = KVCache.zeros(model.config, num_pages, ps, model.dtype, attention.summaries, replicas)
+    cache_axes = _cache_axes(cache)
     if mesh is not None:
         cache = distributed.constrain(cache, cache_axes, mesh)
 
-    def fill(cache: KVCache, k_all: jax.Array, v_all: jax.Array, scatter: jax.Array) -> KVCache:
-        pages, slots, src_prompt, src_token = scatter
-        return cache.fill(pages, slots, k_all[:, src_prompt, src_token], v_all[:, src_prompt, src_token])
+    def write(cache: KVCache, layer: jax.Array, k: jax.Array, v: jax.Array, writes: jax.Array) -> KVCache:
+        def pages(x: jax.Array) -> jax.Array:  # [P, T, Hkv, D] -> [P * blocks, Hkv, ps, D]
+            p, t, h, d = x.shape
+            x = jnp.pad(x, ((0, 0), (offset, blocks * ps - offset - t), (0, 0), (0, 0)))
+            return x.reshape(p, blocks, ps, h, d).transpose(0, 1, 3, 2, 4).reshape(p * blocks, h, ps, d)
 
-    kv_axes = (LAYERS, distributed.BATCH, distributed.LENGTH, KV_HEADS, HEAD_DIM)
-    cache = distributed.per_shard(fill, mesh, (cache_axes, kv_axes, kv_axes, (None, distributed.BATCH)),
-                                  cache_axes)(cache, k_all, v_all, scatter)
+        dst, src, full = writes
+        return cache.write_prompt(layer, dst, pages(k), pages(v), src, full.astype(bool))
+
+    kv_axes = (distributed.BATCH, distributed.LENGTH, KV_HEADS, HEAD_DIM)
+    write = distributed.per_shard(write, mesh, (cache_axes, None, kv_axes, kv_axes, (None, distributed.BATCH)),
+                                  cache_axes)
+
+    def attend(q, k, v, layer, cache):
+        out = causal_attention(q, k, v, valid)
+        k, v = (jnp.repeat(x, replicas, axis=2) for x in (k, v))  # a KV head's copies (usually 1)
+        return out, write(cache, layer, k, v, writes), None
+
+    hidden, cache, _ = model.hidden_states(prompt_ids, positions, attend, cache)
     return model.logits(hidden[jnp.arange(num_prompts), prompt_lengths - 1]), cache
 
 
-def _cache_axes(minmax: bool) -> KVCache:
-    """The logical axes of each KVCache field (None for absent min / max summaries)."""
-    summary = distributed.CACHE_SUMMARY if minmax else None
-    return KVCache(distributed.CACHE_POOL, distributed.CACHE_POOL, distributed.CACHE_SUMMARY, summary, summary)
+def _cache_axes(cache: KVCache) -> KVCache:
+    """The logical axes of each KVCache field (None for absent summaries)."""
+    summary = lambda x: None if x is None else distributed.CACHE_SUMMARY
+    return KVCache(distributed.CACHE_POOL, distributed.CACHE_POOL, summary(cache.k_mean), summary(cache.k_min),
+                   summary(cache.k_max))
 
 
 def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, positions: jax.Array,
                 page_table: jax.Array, active: jax.Array, attention: AttentionConfig, num_samples: int = 1,
                 shared_pages: jax.Array | None = None, mesh: Mesh | None = None
                 ) -> tuple[jax.Array, KVCache, jax.Array]:
-    """Feeds tokens int32[B] at positions int32[B]: appends their K/V to each sequence's page (and its page
-    summaries) and attends through its page table with the `attention` policy. shared_pages int32[P]: the
+    """Feeds tokens int32[B] at positions int32[B]: appends their K/V to each sequence's page (and the summary of
+    a page it fills) and attends through its page table with the `attention` policy. shared_pages int32[P]: the
     page-table entries the `num_samples` samples of each prompt share (see decode_attention). Under a `mesh`
     the cache write, the page selection and the kernels run per shard (rows and pages split over "data",
-    heads over "model"; page tables hold shard-local page ids, num_samples and shared_pages are per shard).
+    heads over "model"; page tables hold shard-local page ids, num_samples and shared_pages are per shard), and
+    the mesh's devices say which platform the kernels are built for.
     Returns (logits [B, V], cache, KV tokens attended per layer int32[L], counting `active` rows only)."""
     batch, page_size, offset = tokens.shape[0], cache.page_size, attention.page_offset
     page = page_table[jnp.arange(batch), (positions + offset) // page_size]
@@ -169,14 +179,16 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
 
     replicas = distributed.kv_replicas(model.config, mesh)
     head_mean = None if replicas == 1 else functools.partial(distributed.kv_head_mean, replicas=replicas)
+    platform = distributed.platform(mesh)
 
     def local(q, k, v, layer, cache, page, slot, page_table, lengths, shared_pages):
         cache = cache.append(layer, page, slot, k, v)
         out, attended = decode_attention(q, cache, layer, page_table, lengths, attention, page_offset=offset,
-                                         num_samples=num_samples, shared_pages=shared_pages, head_mean=head_mean)
+                                         num_samples=num_samples, shared_pages=shared_pages, head_mean=head_mean,
+                                         platform=platform)
         return out, cache, attended[:, None]
 
-    rows, cache_axes = (distributed.BATCH,), _cache_axes(cache.k_min is not None)
+    rows, cache_axes = (distributed.BATCH,), _cache_axes(cache)
     q_axes, kv_axes = (distributed.BATCH, HEADS, HEAD_DIM), (distributed.BATCH, KV_HEADS, HEAD_DIM)
     step = distributed.per_shard(
         local, mesh, (q_axes, kv_axes, kv_axes, None, cache_axes, rows, rows, (distributed.BATCH, None), rows,
@@ -194,13 +206,13 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
 
 
 def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, prompt_lengths: jax.Array,
-                   page_table: jax.Array, shared_pages: jax.Array, scatter: jax.Array, max_new_tokens: jax.Array,
+                   page_table: jax.Array, shared_pages: jax.Array, writes: jax.Array, max_new_tokens: jax.Array,
                    seed: jax.Array, row_streams: jax.Array, row_samples: jax.Array, row_real: jax.Array):
     model: Qwen3ForCausalLM = nnx.merge(static.graphdef, state)
     n, mesh = static.num_samples, static.mesh
     batch = prompt_ids.shape[0] * n
-    first_logits, cache = prefill(model, prompt_ids, prompt_lengths, scatter, static.num_pages,
-                                  static.attention.block_size, static.attention.uses_minmax, mesh)
+    first_logits, cache = prefill(model, prompt_ids, prompt_lengths, writes, static.num_pages, static.attention,
+                                  mesh)
 
     def draw(logits: jax.Array, step: jax.Array) -> jax.Array:
         keys = sample_keys(seed, row_streams, row_samples, step)
@@ -282,18 +294,19 @@ def _validate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], num_sam
 def _shard_inputs(plans: list[CachePlan], split: distributed.DataSplit, prompts: list[np.ndarray],
                   streams: np.ndarray) -> dict[str, np.ndarray]:
     """The host arrays of a request cut into data shards, shard-major: shard d owns rows d * R .. (d + 1) * R - 1
-    of every array (its prompts, its rows, its slice of the scatter); page ids are local to the shard's pool.
+    of every array (its prompts, its rows, its slice of the prefill writes); page ids are local to the shard's
+    pool.
 
     prompt_ids int32[S * Pl, T] (right-padded to a length bucket), prompt_lengths and shared_pages int32[S * Pl],
-    page_table int32[S * Pl * Nl, W], scatter int32[4, S * n], row_streams / row_samples int32[S * Pl * Nl] (each
-    row's PRNG stream and global sample index), row_real bool[S * Pl * Nl] (False: a padding prompt's row)."""
+    page_table int32[S * Pl * Nl, W], writes int32[3, S * n] (CachePlan.prefill_writes), row_streams / row_samples int32[S * Pl * Nl] (each row's
+    PRNG stream and global sample index), row_real bool[S * Pl * Nl] (False: a padding prompt's row)."""
     num_prompts = len(prompts)
     prompts, streams = split.pad(prompts), np.asarray(split.pad(list(streams)))
     prompt_len = _bucket(max(p.size for p in prompts), 16)
     width = _bucket(max(plan.page_table.shape[1] for plan in plans))
     n = _bucket(max(plan.prefill_page.size for plan in plans))
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("prompt_ids", "prompt_lengths", "shared_pages",
-                                                        "page_table", "scatter", "row_streams", "row_samples",
+                                                        "page_table", "writes", "row_streams", "row_samples",
                                                         "row_real")}
     for d, plan in enumerate(plans):
         prompt_rows, sample_rows = split.shard_rows(d)
@@ -306,14 +319,11 @@ def _shard_inputs(plans: list[CachePlan], split: distributed.DataSplit, prompts:
         table = np.full((plan.page_table.shape[0], width), NULL_PAGE, np.int32)
         table[:, :plan.page_table.shape[1]] = plan.page_table
         out["page_table"].append(table)
-        scatter = np.zeros((4, n), np.int32)  # padding entries copy (prompt 0, token 0) into the null page
-        scatter[:, :plan.prefill_page.size] = np.stack([plan.prefill_page, plan.prefill_slot, plan.prefill_prompt,
-                                                        plan.prefill_token])
-        out["scatter"].append(scatter)
+        out["writes"].append(plan.prefill_writes(prompt_len, n))
         out["row_streams"].append(np.repeat(streams[list(prompt_rows)], len(sample_rows)).astype(np.int32))
         out["row_samples"].append(np.tile(np.asarray(sample_rows, np.int32), len(prompt_rows)))
         out["row_real"].append(np.repeat(np.asarray(prompt_rows) < num_prompts, len(sample_rows)))
-    return {k: np.concatenate(v, axis=1 if k == "scatter" else 0) for k, v in out.items()}
+    return {k: np.concatenate(v, axis=1 if k == "writes" else 0) for k, v in out.items()}
 
 
 def _result_rows(split: distributed.DataSplit, num_prompts: int) -> np.ndarray:
@@ -326,6 +336,47 @@ def _result_rows(split: distributed.DataSplit, num_prompts: int) -> np.ndarray:
             if p < num_prompts:
                 order[p, list(sample_rows)] = d * per_shard + pl * split.samples_per_shard + np.arange(len(sample_rows))
     return order
+
+
+INPUT_AXES: dict[str, tuple[str | None, ...] | None] = {
+    "prompt_ids": (distributed.BATCH, None), "prompt_lengths": (distributed.BATCH,),
+    "page_table": (distributed.BATCH, None), "shared_pages": (distributed.BATCH,),
+    "writes": (None, distributed.BATCH), "row_streams": (distributed.BATCH,), "row_samples": (distributed.BATCH,),
+    "row_real": (distributed.BATCH,)}
+"""The logical axes of the compiled program's host inputs (rows and prompts split over "data")."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A request planned for the compiled program: its static part, its host inputs (by name, see INPUT_AXES),
+    and how its rows are split over the data shards."""
+
+    static: _Static
+    inputs: dict[str, np.ndarray]
+    split: distributed.DataSplit
+
+
+def prepare(model: Qwen3ForCausalLM, prompts: list[np.ndarray], streams: np.ndarray, *, num_samples: int,
+            max_new_tokens: int, sampling: SamplingConfig, attention: AttentionConfig,
+            eos_token_ids: Sequence[int], vocab_size: int, repetition: RepetitionStop | None,
+            cache_budget_bytes: int, mesh: Mesh) -> Program:
+    """Plans a validated request (prompts int32 arrays, one PRNG stream each) on `mesh`: cache plans per data
+    shard, the KV cache refused before any compute if it exceeds `cache_budget_bytes` per device, and the host
+    inputs of `_generate_jit`. The model may be abstract (compile-only planning)."""
+    attention.check_layers(model.config.num_hidden_layers)
+    distributed.check_mesh(model.config, mesh)
+    split, plans = distributed.request_plans([a.size for a in prompts], num_samples, max_new_tokens, attention,
+                                             mesh.shape[distributed.DATA])
+    need = distributed.kv_cache_bytes_per_device(plans, model.config, model.dtype, len(attention.summaries),
+                                                mesh)
+    if need > cache_budget_bytes:
+        raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache per device ({len(prompts)} prompts x "
+                         f"{num_samples} samples, {max(a.size for a in prompts)} + {max_new_tokens} tokens, "
+                         f"mesh {dict(mesh.shape)}) but the budget is {cache_budget_bytes / 2**30:.2f} GiB")
+    static = _Static(nnx.graphdef(model), mesh, sampling, attention, split.samples_per_shard,
+                     _bucket(max_new_tokens), split.shards * max(plan.num_pages for plan in plans),
+                     tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
+    return Program(static, _shard_inputs(plans, split, prompts, streams), split)
 
 
 def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -355,31 +406,16 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     streams = np.arange(len(arrays)) if stream_ids is None else np.asarray(stream_ids)
     if streams.shape != (len(arrays),) or not np.issubdtype(streams.dtype, np.integer) or (streams < 0).any():
         raise ValueError(f"stream_ids must be {len(arrays)} integers >= 0 (one per prompt), got {stream_ids!r}")
-    attention.check_layers(model.config.num_hidden_layers)
     mesh = distributed.local_mesh() if mesh is None else mesh
-    distributed.check_mesh(model.config, mesh)
-    split, plans = distributed.request_plans([a.size for a in arrays], num_samples, max_new_tokens, attention,
-                                             mesh.shape[distributed.DATA])
-    need = distributed.kv_cache_bytes_per_device(plans, model.config, model.dtype, attention.uses_minmax, mesh)
-    budget = cache_budget_bytes or _memory_budget()
-    if need > budget:
-        raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache per device ({len(arrays)} prompts x "
-                         f"{num_samples} samples, {max(a.size for a in arrays)} + {max_new_tokens} tokens, "
-                         f"mesh {dict(mesh.shape)}) but the budget is {budget / 2**30:.2f} GiB")
-    inputs = _shard_inputs(plans, split, arrays, streams)
-    static = _Static(nnx.graphdef(model), mesh, sampling, attention, split.samples_per_shard,
-                     _bucket(max_new_tokens), split.shards * max(plan.num_pages for plan in plans),
-                     tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
-    rows, table = (distributed.BATCH,), (distributed.BATCH, None)
-    axes = {"prompt_ids": table, "prompt_lengths": rows, "page_table": table, "shared_pages": rows,
-            "scatter": (None, distributed.BATCH), "row_streams": rows, "row_samples": rows, "row_real": rows}
-    arg = {name: distributed.put(inputs[name], axes[name], mesh) for name in axes}
+    program = prepare(model, arrays, streams, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                      sampling=sampling, attention=attention, eos_token_ids=eos_token_ids, vocab_size=vocab_size,
+                      repetition=repetition, cache_budget_bytes=cache_budget_bytes or _memory_budget(), mesh=mesh)
+    arg = {name: distributed.put(value, INPUT_AXES[name], mesh) for name, value in program.inputs.items()}
     scalar = lambda x: distributed.put(np.int32(x), None, mesh)
     tokens, generated, reason, attended, steps = _generate_jit(
-        static, distributed.place_params(model, mesh), arg["prompt_ids"], arg["prompt_lengths"], arg["page_table"],
-        arg["shared_pages"], arg["scatter"], scalar(max_new_tokens), scalar(seed), arg["row_streams"],
-        arg["row_samples"], arg["row_real"])
-    order = _result_rows(split, len(arrays))  # [P, N] -> row of the sharded batch
+        program.static, distributed.place_params(model, mesh), **arg, max_new_tokens=scalar(max_new_tokens),
+        seed=scalar(seed))
+    order = _result_rows(program.split, len(arrays))  # [P, N] -> row of the sharded batch
     tokens, generated, reason = (np.asarray(x)[order] for x in (tokens, generated, reason))
     return GenerationResult(
         tokens=tokens[..., :max_new_tokens], lengths=generated,

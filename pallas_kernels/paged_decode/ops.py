@@ -2,12 +2,13 @@
 
 Shapes (see reference.py for the full semantics):
   q [R, Hkv, rows, D]; k_cache, v_cache [L, Hkv, P, page_size, D] (q's dtype); layer int32 scalar;
-  pages, lo, hi int32 [R, Hkv, S]; count int32 [R, Hkv].
+  pages: a `PageList` (page ids [R, Hp, S], their blocks or None, entries [start, end) per list, token windows).
 
-implementation: "triton" (GPU), "mosaic" (TPU), "xla" (the jnp reference), or None to choose per lowering
-platform: cuda -> triton, tpu -> mosaic, cpu -> triton in interpret mode. `interpret` runs an explicitly
-named Pallas implementation in interpret mode (how the tests run both kernels on CPU).
-A Mosaic-GPU kernel would be one more entry in _IMPLEMENTATIONS.
+implementation: "triton" (GPU), "mosaic" (TPU), "xla" (XLA ops, work following the entries read), or None to
+choose per lowering platform: cuda -> triton, tpu -> mosaic, cpu -> triton in interpret mode. `interpret` runs
+an explicitly named Pallas implementation in interpret mode (how the tests run both kernels on CPU).
+tile_tokens: tokens per loop iteration (None: the implementation's default; a tile holds tile_tokens //
+page_size pages). A Mosaic-GPU kernel would be one more entry in _IMPLEMENTATIONS.
 """
 
 from __future__ import annotations
@@ -18,42 +19,53 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.paged_decode import mosaic_tpu, reference, triton
+from pallas_kernels.paged_decode import mosaic_tpu, triton, xla
+from pallas_kernels.paged_decode.reference import PageList
 
 
-def _xla(*args: jax.Array, num_splits: int, interpret: bool) -> tuple[jax.Array, jax.Array]:
-    """The jnp reference; `interpret` has no meaning for it."""
-    del interpret
-    return reference.paged_decode_partials(*args, num_splits=num_splits)
+def _xla(*args, num_splits: int, tile_tokens: int | None, interpret: bool) -> tuple[jax.Array, jax.Array]:
+    del interpret  # no meaning for XLA ops
+    return xla.paged_decode_partials(*args, num_splits=num_splits, chunk_tokens=tile_tokens or xla.CHUNK_TOKENS)
+
+
+def _triton(*args, num_splits: int, tile_tokens: int | None, interpret: bool) -> tuple[jax.Array, jax.Array]:
+    return triton.paged_decode_partials(*args, num_splits=num_splits, interpret=interpret,
+                                        tile_tokens=tile_tokens)
+
+
+def _mosaic(*args, num_splits: int, tile_tokens: int | None, interpret: bool) -> tuple[jax.Array, jax.Array]:
+    return mosaic_tpu.paged_decode_partials(*args, num_splits=num_splits, interpret=interpret,
+                                            tile_tokens=tile_tokens or mosaic_tpu.TILE_TOKENS)
 
 
 _IMPLEMENTATIONS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
-    "triton": triton.paged_decode_partials,
-    "mosaic": mosaic_tpu.paged_decode_partials,
+    "triton": _triton,
+    "mosaic": _mosaic,
     "xla": _xla,
 }
+IMPLEMENTATIONS = tuple(_IMPLEMENTATIONS)
 
 
 def paged_decode_partials(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, layer: jax.Array,
-                          pages: jax.Array, lo: jax.Array, hi: jax.Array, count: jax.Array, *,
-                          num_splits: int, implementation: str | None = None,
-                          interpret: bool = False) -> tuple[jax.Array, jax.Array]:
+                          pages: PageList, *, num_splits: int, implementation: str | None = None,
+                          tile_tokens: int | None = None, interpret: bool = False) -> tuple[jax.Array, jax.Array]:
     """Per-split partials (o float32 [R, Hkv, num_splits, rows, D], lse float32 [R, Hkv, num_splits, rows]).
 
-    Split s covers list entries [s*c, min((s+1)*c, count)) with c = ceil(count / num_splits); an empty split
-    gives o = 0 and lse = -inf. implementation None lowers per target platform (lax.platform_dependent), so
-    a function exported for several platforms carries each platform's kernel.
+    Split s covers list entries [start + s c, min(start + (s + 1) c, end)) with c = ceil((end - start) /
+    num_splits); an empty split gives o = 0 and lse = -inf. implementation None lowers per target platform
+    (lax.platform_dependent), so a function exported or compiled for a platform carries that platform's kernel.
     """
-    args = tuple(jnp.asarray(a, jnp.int32) if i >= 3 else a
-                 for i, a in enumerate((q, k_cache, v_cache, layer, pages, lo, hi, count)))
+    as_int = lambda a: None if a is None else jnp.asarray(a, jnp.int32)
+    pages = PageList(*(as_int(a) for a in pages))
+    layer = jnp.asarray(layer, jnp.int32)
+    kw = dict(num_splits=num_splits, tile_tokens=tile_tokens)
     if implementation is None:
-        branch = lambda name, interp: functools.partial(_IMPLEMENTATIONS[name], num_splits=num_splits,
-                                                        interpret=interp)
-        return jax.lax.platform_dependent(*args, cpu=branch("triton", True), cuda=branch("triton", interpret),
-                                          tpu=branch("mosaic", interpret))
+        branch = lambda name, interp: functools.partial(_IMPLEMENTATIONS[name], interpret=interp, **kw)
+        return jax.lax.platform_dependent(q, k_cache, v_cache, layer, pages, cpu=branch("triton", True),
+                                          cuda=branch("triton", interpret), tpu=branch("mosaic", interpret))
     if implementation not in _IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; expected one of {sorted(_IMPLEMENTATIONS)}")
-    return _IMPLEMENTATIONS[implementation](*args, num_splits=num_splits, interpret=interpret)
+    return _IMPLEMENTATIONS[implementation](q, k_cache, v_cache, layer, pages, interpret=interpret, **kw)
 
 
 def merge_partials(o: jax.Array, lse: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
@@ -71,11 +83,11 @@ def merge_partials(o: jax.Array, lse: jax.Array, axis: int) -> tuple[jax.Array, 
     return out, jnp.squeeze(m_safe, axis) + jnp.log(total)
 
 
-@functools.partial(jax.jit, static_argnames=("num_splits", "implementation", "interpret"))
-def paged_decode(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, layer: jax.Array, pages: jax.Array,
-                 lo: jax.Array, hi: jax.Array, count: jax.Array, *, num_splits: int = 1,
-                 implementation: str | None = None, interpret: bool = False) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("num_splits", "implementation", "tile_tokens", "interpret"))
+def paged_decode(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, layer: jax.Array, pages: PageList, *,
+                 num_splits: int = 1, implementation: str | None = None, tile_tokens: int | None = None,
+                 interpret: bool = False) -> jax.Array:
     """Attention output [R, Hkv, rows, D] in q's dtype: the merge of the split partials (0 if no tokens)."""
-    o, lse = paged_decode_partials(q, k_cache, v_cache, layer, pages, lo, hi, count, num_splits=num_splits,
-                                   implementation=implementation, interpret=interpret)
+    o, lse = paged_decode_partials(q, k_cache, v_cache, layer, pages, num_splits=num_splits,
+                                   implementation=implementation, tile_tokens=tile_tokens, interpret=interpret)
     return merge_partials(o, lse, axis=2)[0].astype(q.dtype)
