@@ -143,8 +143,10 @@ def page_summaries(keys: jax.Array, fields: tuple[str, ...]) -> dict[str, jax.Ar
 
 class KVCache(NamedTuple):
     """Page pools [layers, kv_heads, pages, page_size, head_dim] (head-major, as paged-attention kernels read
-    them) and per-page summaries [layers, kv_heads, pages, head_dim] in the pools' dtype: k_mean (block top-k
-    "mean" score), k_min / k_max ("quest"); a summary the policy does not score is None."""
+    them) and per-page summaries [layers, pages, kv_heads, head_dim] in the pools' dtype (page-major: the rows
+    that scoring gathers and a filled page writes are contiguous, in the layout XLA scatters and gathers
+    without re-laying the array out): k_mean (block top-k "mean" score), k_min / k_max ("quest"); a summary the
+    policy does not score is None."""
 
     k: jax.Array
     v: jax.Array
@@ -160,7 +162,7 @@ class KVCache(NamedTuple):
         head count)."""
         shape = (config.num_hidden_layers, config.num_key_value_heads * kv_replicas, num_pages, page_size,
                  config.head_dim)
-        summary = shape[:3] + shape[4:]
+        summary = (shape[0], num_pages, shape[1], shape[4])  # page-major: a page's row [Hkv, D] is contiguous
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                    **{name: jnp.zeros(summary, dtype) for name in summaries})
 
@@ -174,7 +176,7 @@ class KVCache(NamedTuple):
 
     def _with_summaries(self, layer: jax.Array, pages: jax.Array, values: dict[str, jax.Array]) -> "KVCache":
         """Summaries [n, Hkv, D] of `layer` stored at pages int32[n] (the null page takes padding)."""
-        return self._replace(**{name: getattr(self, name).at[layer, :, pages].set(value.astype(self.k.dtype))
+        return self._replace(**{name: paged_write.write_rows(getattr(self, name), layer, pages, value)
                                 for name, value in values.items()})
 
     def write_prompt(self, layer: jax.Array, pages: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array,

@@ -67,9 +67,9 @@ RULES: tuple[tuple[str, str | None], ...] = (
 """Logical axis -> mesh axis (None: replicated). A mesh axis is used at most once per array: a later logical
 axis that maps to an axis already taken is replicated."""
 
-# The KV cache's fields (cache.KVCache): pools [L, Hkv, pages, page_size, D] and summaries [L, Hkv, pages, D].
+# The KV cache's fields (cache.KVCache): pools [L, Hkv, pages, page_size, D] and summaries [L, pages, Hkv, D].
 CACHE_POOL: Axes = (LAYERS, KV_HEADS, CACHE_PAGES, PAGE_SLOTS, HEAD_DIM)
-CACHE_SUMMARY: Axes = (LAYERS, KV_HEADS, CACHE_PAGES, HEAD_DIM)
+CACHE_SUMMARY: Axes = (LAYERS, CACHE_PAGES, KV_HEADS, HEAD_DIM)
 
 
 def mesh_axis(logical: str | None) -> str | None:

@@ -22,6 +22,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kinetics_jax.attention import selection
 from kinetics_jax.attention.policies import AttentionConfig
@@ -53,8 +54,8 @@ def _partials(q: jax.Array, cache: KVCache, layer: jax.Array, pages: PageList, c
     """q [R, Hkv, rows, D] over the listed pages -> per-split (o, lse)."""
     r, hkv = q.shape[:2]
     return kernels.paged_decode_partials(q, cache.k, cache.v, layer, pages,
-                                         num_splits=_num_splits(r, hkv, pages.pages.shape[-1], config, platform),
-                                         implementation=_implementation(config))
+                                         num_splits=_num_splits(r, hkv, pages.shape[-1], config, platform),
+                                         implementation=_implementation(config), tile_tokens=config.tile_tokens)
 
 
 def _read(q: jax.Array, cache: KVCache, layer: jax.Array, pages: PageList, config: AttentionConfig,
@@ -201,13 +202,23 @@ def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
             return sparse(q)
         # Below its threshold a policy is dense: while no sequence is past it, skip the selection (no block is
         # scored) and read densely, through the cascade when samples share prompt pages.
-        return jax.lax.cond(jnp.all(_inactive(lengths, config)), dense, sparse, q)
+        return _cond(lengths, lambda n: _inactive(n, config).all(), dense, sparse, q)
 
     if not config.sparse:
         return dense(q)
     if not config.dense_layers:
         return policy(q)
-    return jax.lax.cond(jnp.isin(layer, jnp.asarray(config.dense_layers)), dense, policy, q)
+    return _cond(layer, lambda i: (i == np.asarray(config.dense_layers)).any(), dense, policy, q)
+
+
+def _cond(value, predicate, true_fn, false_fn, *operands):
+    """lax.cond(predicate(value), ...), or the branch itself when `value` is known while tracing (a numpy
+    array or int: a layer index of unrolled layers, the lengths of a compile-time request): one branch is
+    compiled, and XLA's cost analysis, which charges a conditional for its costlier branch, counts the one
+    that runs."""
+    if isinstance(value, (np.ndarray, np.generic, int)):
+        return true_fn(*operands) if bool(predicate(np.asarray(value))) else false_fn(*operands)
+    return jax.lax.cond(predicate(value), true_fn, false_fn, *operands)
 
 
 def sparse_decode(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, config: AttentionConfig,
@@ -243,6 +254,7 @@ def paged_from_contiguous(k: jax.Array, v: jax.Array, lengths: jax.Array, config
         return jnp.pad(x, ((0, 0), (0, 0), (1, 0), (0, 0), (0, 0)))
 
     k_pool, v_pool = paged(k), paged(v)
-    summaries = page_summaries(k_pool, config.summaries)  # full pages are scored; the rest are never read
+    summaries = {name: jnp.swapaxes(value, 1, 2)  # [1, P, Hkv, D]; full pages are scored, the rest never read
+                 for name, value in page_summaries(k_pool, config.summaries).items()}
     table = 1 + jnp.arange(b * width, dtype=jnp.int32).reshape(b, width)
     return KVCache(k_pool, v_pool, **summaries), table

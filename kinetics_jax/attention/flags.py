@@ -29,6 +29,8 @@ def define_flags() -> None:
     flags.DEFINE_list("dense_layers", [str(i) for i in defaults.dense_layers], "Layers that stay dense.")
     flags.DEFINE_enum("attention_backend", defaults.backend, BACKENDS,
                       "xla (pure JAX) or pallas (Triton on GPU, Mosaic on TPU, interpret mode on CPU).")
+    flags.DEFINE_integer("tile_tokens", None, "KV tokens a decode kernel reads per loop iteration (a power of two "
+                         ">= 16; default: each kernel's own).", lower_bound=16)
 
 
 def config_from_flags() -> AttentionConfig:
@@ -36,4 +38,4 @@ def config_from_flags() -> AttentionConfig:
     return AttentionConfig(kind=FLAGS.attention, sink=FLAGS.sink, local=FLAGS.local, topk=FLAGS.topk,
                            block_size=FLAGS.block_size, block_topk=FLAGS.block_topk, score=FLAGS.score,
                            dense_layers=tuple(int(i) for i in FLAGS.dense_layers),
-                           backend=FLAGS.attention_backend)
+                           backend=FLAGS.attention_backend, tile_tokens=FLAGS.tile_tokens)

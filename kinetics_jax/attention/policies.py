@@ -37,7 +37,8 @@ class AttentionConfig:
     topk: tokens chosen per step (kind "topk"); block_size: tokens per block and per cache page (a power of two);
     block_topk: blocks chosen per step (kind "block_topk"); score: "mean" | "quest" (kind "block_topk", default
     "mean"); dense_layers: layer indices that stay dense; backend: "xla" (pure JAX) or "pallas" (the kernels in
-    pallas_kernels: Triton on GPU, Mosaic on TPU, interpret mode on CPU).
+    pallas_kernels: Triton on GPU, Mosaic on TPU, interpret mode on CPU); tile_tokens: KV tokens a kernel reads
+    per loop iteration, tile_tokens / block_size pages (a power of two >= 16; None: each kernel's default).
     """
 
     kind: str = "dense"
@@ -49,6 +50,7 @@ class AttentionConfig:
     score: str | None = None
     dense_layers: tuple[int, ...] = (0,)
     backend: str = "xla"
+    tile_tokens: int | None = None
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -84,6 +86,9 @@ class AttentionConfig:
                 raise bad("score", f"must be one of {SCORES}")
         if self.kind == "sliding_window" and self.local < 1:
             raise bad("local", "kind 'sliding_window' needs local >= 1 (a budget of 0 attends nothing)")
+        if self.tile_tokens is not None and (isinstance(self.tile_tokens, bool) or not isinstance(self.tile_tokens, int)
+                                             or self.tile_tokens < 16 or self.tile_tokens & (self.tile_tokens - 1)):
+            raise bad("tile_tokens", "must be a power of two >= 16, or None for the kernels' defaults")
         if self.kind == "topk" and self.backend == "pallas":
             raise bad("backend", "kind 'topk' is an oracle that scores every cached key; it has no Pallas kernel, "
                                  "use backend 'xla'")
@@ -119,14 +124,15 @@ class AttentionConfig:
 
     def describe(self) -> str:
         """A short label, e.g. "block_topk(sink=4, local=0, 64x16, mean, pallas)"."""
+        tile = [] if self.tile_tokens is None else [f"tile={self.tile_tokens}"]
         if self.kind == "dense":
-            return f"dense({self.backend})"
+            return f"dense({', '.join([self.backend] + tile)})"
         parts = [f"sink={self.sink}", f"local={self.local}"]
         if self.kind == "topk":
             parts.append(f"topk={self.topk}")
         if self.kind == "block_topk":
             parts += [f"{self.block_topk}x{self.block_size}", self.score]
-        return f"{self.kind}({', '.join(parts + [self.backend])})"
+        return f"{self.kind}({', '.join(parts + [self.backend] + tile)})"
 
     def check_layers(self, num_layers: int) -> None:
         """Raises if a dense layer index is outside a model of `num_layers` layers."""

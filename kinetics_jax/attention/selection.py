@@ -19,9 +19,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kinetics_jax.attention.policies import AttentionConfig
-from kinetics_jax.cache import NULL_PAGE, KVCache
+from kinetics_jax.cache import KVCache
+from pallas_kernels import page_scores
 from pallas_kernels.paged_decode import PageList
 
 HeadMean = Callable[[jax.Array], jax.Array]
@@ -47,19 +49,17 @@ def dense_pages(page_table: jax.Array, lengths: jax.Array, page_size: int, page_
     first_token // page_size .. ceil((lengths + offset) / page_size) - 1. page_table int32[R, M], lengths int32[R]."""
     lo = jnp.full(lengths.shape, page_offset, jnp.int32) if first_token is None else first_token.astype(jnp.int32)
     hi = (lengths + page_offset).astype(jnp.int32)
-    return PageList(page_table[:, None, :], None, (lo // page_size)[:, None], _ceil_div(hi, page_size)[:, None],
+    return PageList(page_table, None, (lo // page_size)[:, None], _ceil_div(hi, page_size)[:, None],
                     _window(lo, hi))
 
 
 def _explicit(page_table: jax.Array, blocks: jax.Array, valid: jax.Array, window: jax.Array) -> PageList:
-    """A list of the entries blocks int32[R, H, S] where valid, moved to the front; pages from the table."""
-    order = jnp.argsort(~valid, axis=-1, stable=True)
-    blocks, valid = (jnp.take_along_axis(a, order, axis=-1) for a in (blocks, valid))
-    rows, width = page_table.shape
-    pages = jnp.take_along_axis(page_table[:, None, :], jnp.clip(blocks, 0, width - 1), axis=-1)
-    pages = jnp.where(valid, pages, NULL_PAGE).astype(jnp.int32)
+    """A list of the entries blocks int32[R, H, S] where valid, moved to the front in their order (a stable sort:
+    no gather, which XLA's TPU compiler would charge as a pass over the whole operand)."""
+    _, blocks = jax.lax.sort((~valid, jnp.where(valid, blocks, 0).astype(jnp.int32)), dimension=-1, num_keys=1,
+                             is_stable=True)
     count = jnp.sum(valid, axis=-1, dtype=jnp.int32)
-    return PageList(pages, jnp.where(valid, blocks, 0).astype(jnp.int32), jnp.zeros_like(count), count, window)
+    return PageList(page_table, blocks, jnp.zeros_like(count), count, window)
 
 
 def sliding_window_pages(page_table: jax.Array, lengths: jax.Array, config: AttentionConfig) -> PageList:
@@ -84,8 +84,10 @@ def ends_pages(page_table: jax.Array, lengths: jax.Array, sink: int, local_start
 
 
 def full_blocks(lengths: jax.Array, config: AttentionConfig) -> jax.Array:
-    """Full middle blocks (the block top-k candidates) of sequences of `lengths` cached tokens."""
-    return jnp.maximum(lengths - config.local - config.sink, 0) // config.block_size
+    """Full middle blocks (the block top-k candidates) of sequences of `lengths` cached tokens (numpy for numpy
+    lengths, known while tracing)."""
+    xp = np if isinstance(lengths, (np.ndarray, np.generic)) else jnp
+    return xp.maximum(lengths - config.local - config.sink, 0) // config.block_size
 
 
 def group_means(q: jax.Array, num_kv_heads: int, quest: bool, head_mean: HeadMean | None = None
@@ -98,18 +100,20 @@ def group_means(q: jax.Array, num_kv_heads: int, quest: bool, head_mean: HeadMea
     return mean(jnp.mean(qg, axis=2)), mean(jnp.mean(jnp.abs(qg), axis=2)) if quest else None
 
 
-def block_scores(qbar: jax.Array, qabs: jax.Array | None, cache: KVCache, layer: jax.Array, pages: jax.Array
-                 ) -> jax.Array:
-    """Group-mean scores float32[R, n, Hkv, C] of pages int32[R, C] for queries qbar [R, n, Hkv, D] (n queries
-    per row of `pages`; the summaries are read once for all n). "mean": qbar . mean key; "quest": mean_g
-    sum_d max(q_gd min_d, q_gd max_d), as qbar . (min + max) / 2 + mean_g |q_g| . (max - min) / 2 (the same
-    number: max(a x, a y) = a (x + y) / 2 + |a| (y - x) / 2 for x <= y), so no [G, C, D] term is built."""
-    read = lambda summary: summary[layer, :, pages].astype(jnp.float32)  # [R, C, Hkv, D]
+def block_scores(qbar: jax.Array, qabs: jax.Array | None, cache: KVCache, layer: jax.Array, page_table: jax.Array,
+                 first: jax.Array, lo: jax.Array, hi: jax.Array, entries: int) -> jax.Array:
+    """Group-mean scores float32[R, n, Hkv, entries] of the blocks first + c of page_table int32[R, W] (only
+    lo[r] <= c < hi[r]; -inf for the others) for queries qbar [R, n, Hkv, D] (n queries per row of the table;
+    the summaries are read once for all n).
+    "mean": qbar . mean key; "quest": mean_g sum_d max(q_gd min_d, q_gd max_d), computed as
+    min . (qbar - qabs) / 2 + max . (qbar + qabs) / 2 with qabs = mean_g |q_g| (the same number: max(a x, a y)
+    = a (x + y) / 2 + |a| (y - x) / 2 for x <= y), so no [G, C, D] term is built. The summaries are read by
+    pallas_kernels.page_scores: exactly the listed rows."""
+    where = (layer, page_table, first, lo, hi)
     if cache.k_mean is not None:
-        return jnp.einsum("rnkd,rckd->rnkc", qbar, read(cache.k_mean))
-    k_min, k_max = read(cache.k_min), read(cache.k_max)
-    return (jnp.einsum("rnkd,rckd->rnkc", qbar, (k_min + k_max) / 2)
-            + jnp.einsum("rnkd,rckd->rnkc", qabs, (k_max - k_min) / 2))
+        return page_scores.scores([qbar], [cache.k_mean], *where, entries=entries)
+    return page_scores.scores([(qbar - qabs) / 2, (qbar + qabs) / 2], [cache.k_min, cache.k_max], *where,
+                              entries=entries)
 
 
 def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
@@ -124,15 +128,14 @@ def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
     rows, width = page_table.shape
     hkv = cache.k.shape[1]
     sink_pages = _ceil_div(config.sink, ps)
-    candidates = max(width - sink_pages, 0)
-    chosen = min(config.block_topk, candidates)
+    chosen = min(config.block_topk, max(width - sink_pages, 0))
     n = lengths.astype(jnp.int32)
     n_full = full_blocks(n, config)
     parts = [jnp.broadcast_to(jnp.arange(sink_pages, dtype=jnp.int32), (rows, hkv, sink_pages))]
     valid_parts = [parts[0] * ps < (n + offset)[:, None, None]]
     if chosen:
-        best, best_valid = _top_blocks(q, cache, layer, page_table[:, sink_pages:], n_full, chosen, config,
-                                       head_mean, num_samples, shared_pages)
+        best, best_valid = _top_blocks(q, cache, layer, page_table, sink_pages, n_full, chosen, head_mean,
+                                       num_samples, shared_pages)
         parts.append(sink_pages + best)
         valid_parts.append(best_valid)
     local = sink_pages + n_full[:, None, None] + jnp.arange(_ceil_div(config.local + ps - 1, ps), dtype=jnp.int32)
@@ -143,55 +146,58 @@ def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
                      _window(jnp.full_like(n, offset), n + offset))
 
 
-def _top_blocks(q: jax.Array, cache: KVCache, layer: jax.Array, candidate_pages: jax.Array, n_full: jax.Array,
-                chosen: int, config: AttentionConfig, head_mean: HeadMean | None, num_samples: int,
+def _top_blocks(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, first: int,
+                n_full: jax.Array, chosen: int, head_mean: HeadMean | None, num_samples: int,
                 shared_pages: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """(the `chosen` best candidate indices int32[B, Hkv, chosen] in increasing order, which of them exist):
-    candidates j < n_full[b] are the pages candidate_pages[b, j]; a running top-k over chunks of SCORE_CHUNK."""
+    candidate j < n_full[b] is block first + j of row b's page table; a running top-k over chunks of
+    SCORE_CHUNK candidates, the loop's trip count set by the longest row. The prompt's own full pages past the
+    sink (shared_pages) are scored first, from one read of their summaries for its num_samples rows."""
     b, _, d = q.shape
     hkv = cache.k.shape[1]
-    rows, width = candidate_pages.shape
+    width = page_table.shape[1]
     qbar, qabs = group_means(q, hkv, cache.k_mean is None, head_mean)
-    chunk = min(SCORE_CHUNK, width)
+    chunk = min(SCORE_CHUNK, max(width - first, 1))
     step = jnp.arange(chunk, dtype=jnp.int32)
 
     def merge(state, scores, index):
-        """Folds scores float32[B, Hkv, C] of candidates index int32[B, 1, C] (-inf: none) into the top-k."""
+        """Folds scores float32[B, Hkv, C] of candidates index int32[C] (-inf: none) into the running top-k:
+        a stable sort by score (ties keep the lower index, as lax.top_k), no gather."""
         values, best = state
-        values, top = jax.lax.top_k(jnp.concatenate([values, scores], axis=-1), chosen)
         index = jnp.broadcast_to(index, scores.shape)
-        return values, jnp.take_along_axis(jnp.concatenate([best, index], axis=-1), top, axis=-1)
+        neg, ids = jax.lax.sort((-jnp.concatenate([values, scores], axis=-1), jnp.concatenate([best, index], axis=-1)),
+                                dimension=-1, num_keys=1, is_stable=True)
+        return -neg[..., :chosen], ids[..., :chosen]
 
     state = (jnp.full((b, hkv, chosen), -jnp.inf, jnp.float32), jnp.zeros((b, hkv, chosen), jnp.int32))
     shared_end = jnp.zeros_like(n_full)
     if num_samples > 1 and shared_pages is not None:
-        # The prompt's full pages past the sink are its first candidates: one summary read for its N samples.
         prompts = b // num_samples
-        sink_pages = _ceil_div(config.sink, config.block_size)
-        shared_end = jnp.minimum(jnp.repeat(jnp.maximum(shared_pages - sink_pages, 0), num_samples), n_full)
-        prompt_pages = candidate_pages[::num_samples]
+        shared_end = jnp.minimum(jnp.repeat(jnp.maximum(shared_pages - first, 0), num_samples), n_full)
         limit = shared_end.reshape(prompts, num_samples)
+        prompt_table = page_table[::num_samples]
+        queries = lambda x: None if x is None else x.reshape(prompts, num_samples, hkv, d)
 
         def shared_body(i, state):
-            index = i * chunk + step                                                        # [C]
-            pages = prompt_pages[:, jnp.clip(index, 0, width - 1)]
-            pages = jnp.where(index < jnp.max(limit, axis=1, keepdims=True), pages, NULL_PAGE)
-            scores = block_scores(qbar.reshape(prompts, num_samples, hkv, d),
-                             None if qabs is None else qabs.reshape(prompts, num_samples, hkv, d), cache, layer,
-                             pages)                                                          # [P, N, Hkv, C]
+            hi = jnp.clip(jnp.max(limit, axis=1) - i * chunk, 0, chunk)
+            scores = block_scores(queries(qbar), queries(qabs), cache, layer, prompt_table, first + i * chunk,
+                                  jnp.zeros_like(hi), hi, chunk)                           # [P, N, Hkv, C]
+            index = i * chunk + step
             scores = jnp.where(index < limit[:, :, None, None], scores, -jnp.inf).reshape(b, hkv, chunk)
-            return merge(state, scores, jnp.broadcast_to(index, (b, 1, chunk)))
+            return merge(state, scores, index)
 
         state = jax.lax.fori_loop(0, _ceil_div(jnp.max(shared_end), chunk), shared_body, state)
 
     def own_body(i, state):
-        index = shared_end[:, None] + i * chunk + step                                      # [B, C]
-        exists = index < n_full[:, None]
-        pages = jnp.where(exists, jnp.take_along_axis(candidate_pages, jnp.clip(index, 0, width - 1), axis=1),
-                          NULL_PAGE)
-        scores = block_scores(qbar[:, None], None if qabs is None else qabs[:, None], cache, layer, pages)[:, 0]
-        return merge(state, jnp.where(exists[:, None, :], scores, -jnp.inf), index[:, None, :])
+        index = i * chunk + step
+        lo = jnp.clip(shared_end - i * chunk, 0, chunk)
+        hi = jnp.clip(n_full - i * chunk, 0, chunk)
+        scores = block_scores(qbar[:, None], None if qabs is None else qabs[:, None], cache, layer, page_table,
+                              first + i * chunk, lo, hi, chunk)[:, 0]
+        return merge(state, scores, index)
 
-    values, best = jax.lax.fori_loop(0, _ceil_div(jnp.max(n_full - shared_end), chunk), own_body, state)
+    # Chunks are aligned at candidate 0 for every row: the rows' prompt parts (scored above) read nothing here.
+    start = jnp.min(shared_end) // chunk
+    values, best = jax.lax.fori_loop(start, _ceil_div(jnp.max(n_full), chunk), own_body, state)
     best = jnp.sort(jnp.where(values > -jnp.inf, best, width), axis=-1)  # width: no candidate
     return best.astype(jnp.int32), best < width

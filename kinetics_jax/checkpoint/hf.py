@@ -133,10 +133,10 @@ def _sources(config: Qwen3Config, tensors: dict[str, _TensorInfo]) -> dict[str, 
         src[k + "self_attn.q_norm.scale"] = _Source((p + "self_attn.q_norm.weight",), (d,), lambda a: a)
         src[k + "self_attn.k_norm.scale"] = _Source((p + "self_attn.k_norm.weight",), (d,), lambda a: a)
         src[k + "self_attn.q_proj"] = _Source((p + "self_attn.q_proj.weight",), (hq * d, h),
-                                              lambda a: a.T.reshape(h, hq, d))
+                                              lambda a: a.reshape(hq, d, h))
         for name in ("k_proj", "v_proj"):
             src[k + f"self_attn.{name}"] = _Source((p + f"self_attn.{name}.weight",), (hkv * d, h),
-                                                   lambda a: a.T.reshape(h, hkv, d))
+                                                   lambda a: a.reshape(hkv, d, h))
         src[k + "self_attn.o_proj"] = _Source((p + "self_attn.o_proj.weight",), (h, hq * d),
                                               lambda a: a.T.reshape(hq, d, h))
         if not config.is_moe_layer(i):

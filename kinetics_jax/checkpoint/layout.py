@@ -1,6 +1,7 @@
 """The canonical, per-layer parameter layout shared by every checkpoint format.
 
-A *canonical key* names one unstacked array in the model's own layout ([in, out] kernels, heads split out):
+A *canonical key* names one unstacked array in the model's own layout ([in, out] kernels, heads split out;
+the q/k/v projections are [heads, head_dim, in], as a TPU matmul reads them):
 
     embed_tokens.embedding, norm.scale, lm_head,
     layers.{i}.input_layernorm.scale, layers.{i}.self_attn.q_proj, layers.{i}.mlp.gate_proj, ...

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from kinetics_jax.config import LayerSegment, Qwen3Config
@@ -57,7 +58,8 @@ class LayerStack(nnx.Module):
     """`segment.count` decoder layers of one kind with parameters stacked on a leading "layers" axis.
 
     The forward pass is a `lax.scan` over the stack, so compile time does not grow with depth. Setting
-    `unroll = True` unrolls it (XLA's cost analysis counts a loop body once, so cost counting unrolls).
+    `unroll = True` runs the layers in a Python loop instead (XLA's cost analysis counts a loop body once, so
+    cost counting unrolls; each layer's index is then known while tracing).
     """
 
     def __init__(self, config: Qwen3Config, segment: LayerSegment, *, dtype: DType, param_dtype: DType,
@@ -81,9 +83,15 @@ class LayerStack(nnx.Module):
             h, c, y = nnx.merge(graphdef, layer_state)(h, positions, attend, layer, c)
             return (h, c), y
 
-        layers = self.start + jnp.arange(self.count, dtype=jnp.int32)
-        (x, carry), ys = jax.lax.scan(body, (x, carry), (stacked, layers), unroll=self.count if self.unroll else 1)
-        return x, carry, ys
+        if not self.unroll:
+            layers = self.start + jnp.arange(self.count, dtype=jnp.int32)
+            (x, carry), ys = jax.lax.scan(body, (x, carry), (stacked, layers))
+            return x, carry, ys
+        outputs = []  # unrolled: a Python loop, so each layer's index is known while tracing
+        for i in range(self.count):
+            (x, carry), y = body((x, carry), (jax.tree.map(lambda a: a[i], stacked), np.int32(self.start + i)))
+            outputs.append(y)
+        return x, carry, jax.tree.map(lambda *a: jnp.stack(a), *outputs)
 
 
 class Qwen3ForCausalLM(nnx.Module):
