@@ -8,6 +8,8 @@
         --attention=dense-pallas,block_topk-pallas-1024
     # kinetics_jax generate against transformers generate, same shapes (prefill included)
     python scripts/benchmark_decode.py --mode=transformers --shape=tiny --batch=1,16
+    # the same samples under growing max_new_tokens: time must follow the tokens decoded, not the capacity
+    python scripts/benchmark_decode.py --mode=capacity --budgets=256,512,2048 --attention=dense-xla
 
 Attention variants (--attention): dense-xla, dense-pallas, cascade-pallas (the batch = N samples of one prompt
 whose first context - 512 tokens are shared pages), jax-peer (jax.experimental.pallas.ops.gpu.decode_attention
@@ -35,7 +37,7 @@ from flax import nnx
 
 import kinetics_jax as kj
 from kinetics_jax.attention import decode_attention
-from kinetics_jax.cache import KVCache
+from kinetics_jax.cache import KVCache, page_summaries
 from kinetics_jax.cost import analytic
 from kinetics_jax.sampling.engine import decode_step
 
@@ -44,7 +46,7 @@ TINY = kj.Qwen3Config(vocab_size=4096, hidden_size=256, intermediate_size=768, n
 PAGE = 16
 OWN_TOKENS = 512  # cascade: tokens each sample owns after the shared prompt
 
-_MODE = flags.DEFINE_enum("mode", "attention", ["attention", "model", "transformers"], "What to time.")
+_MODE = flags.DEFINE_enum("mode", "attention", ["attention", "model", "transformers", "capacity"], "What to time.")
 _SHAPE = flags.DEFINE_enum("shape", "qwen3-8b", ("tiny",) + kj.Qwen3Config.preset_names(), "Model / head shapes.")
 _LAYERS = flags.DEFINE_integer("layers", None, "Override the number of layers (model, transformers modes).",
                                lower_bound=1)
@@ -58,6 +60,9 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Comput
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens per sequence (transformers mode).",
                                    lower_bound=1)
 _NEW = flags.DEFINE_integer("new_tokens", 128, "Generated tokens per sequence (transformers mode).", lower_bound=2)
+_BUDGETS = flags.DEFINE_list("budgets", ["256", "512", "2048"], "max_new_tokens values (capacity mode).")
+_PROMPTS = flags.DEFINE_integer("prompts", 32, "Prompts (capacity mode).", lower_bound=1)
+_SAMPLES = flags.DEFINE_integer("samples", 8, "Samples per prompt (capacity mode).", lower_bound=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,14 +122,14 @@ def _layout(batch: int, context: int, cascade: bool, offset: int) -> tuple[np.nd
     return table, np.asarray([shared], np.int32), 1 + shared + batch * own
 
 
-def _random_cache(key: jax.Array, layers: int, hkv: int, pages: int, d: int, dtype, minmax: bool) -> KVCache:
-    """Random K/V pools [layers, Hkv, pages, 16, D] with their page summaries."""
+def _random_cache(key: jax.Array, layers: int, hkv: int, pages: int, d: int, dtype,
+                  summaries: tuple[str, ...]) -> KVCache:
+    """Random K/V pools [layers, Hkv, pages, 16, D] with their page summaries ([layers, pages, Hkv, D])."""
     kk, kv = jax.random.split(key)
     shape = (layers, hkv, pages, PAGE, d)
     k = jax.random.normal(kk, shape, dtype)
-    k32 = k.astype(jnp.float32)
-    return KVCache(k, jax.random.normal(kv, shape, dtype), jnp.sum(k32, axis=3),
-                   jnp.min(k32, axis=3) if minmax else None, jnp.max(k32, axis=3) if minmax else None)
+    values = {name: jnp.swapaxes(value, 1, 2) for name, value in page_summaries(k, summaries).items()}
+    return KVCache(k, jax.random.normal(kv, shape, dtype), **values)
 
 
 def _bytes_needed(variant: Variant, batch: int, context: int, hkv: int, d: int, itemsize: int) -> int:
@@ -134,8 +139,8 @@ def _bytes_needed(variant: Variant, batch: int, context: int, hkv: int, d: int, 
         return (context - OWN_TOKENS) * kv_token + batch * OWN_TOKENS * kv_token
     if variant.config is not None and variant.config.kind == "block_topk":
         tokens = int(analytic.attended_tokens(context, variant.config))
-        blocks = int(analytic.full_blocks(context, variant.config))  # their f32 key-sum summaries are read
-        return batch * (tokens * kv_token + blocks * hkv * d * 4)
+        blocks = int(analytic.full_blocks(context, variant.config))  # their mean-key summaries are read
+        return batch * (tokens * kv_token + blocks * hkv * d * itemsize)
     return batch * context * kv_token
 
 
@@ -160,7 +165,7 @@ def _attention_step(variant: Variant, batch: int, context: int, config: kj.Qwen3
         return lambda: run(q, k, v, lengths)
     attention = dataclasses.replace(variant.config, dense_layers=())
     table, shared, pages = _layout(batch, context, variant.cascade, attention.page_offset)
-    cache = _random_cache(key_kv, 1, hkv, pages, d, dtype, attention.uses_minmax)
+    cache = _random_cache(key_kv, 1, hkv, pages, d, dtype, attention.summaries)
 
     @jax.jit
     def run(q, cache, table, lengths, shared):
@@ -182,7 +187,7 @@ def _model_step(variant: Variant, model: kj.Qwen3ForCausalLM, batch: int, contex
     attention = variant.config
     table, shared, pages = _layout(batch, context, variant.cascade, attention.page_offset)
     cache = _random_cache(jax.random.key(context + batch), config.num_hidden_layers, config.num_key_value_heads,
-                          pages, config.head_dim, dtype, attention.uses_minmax)
+                          pages, config.head_dim, dtype, attention.summaries)
     graphdef, state = nnx.split(model)
     num_samples = batch if variant.cascade else 1
 
@@ -291,11 +296,51 @@ def _transformers_comparison() -> None:
         print(f"{batch:>5} | {ours_rate:>18.1f} | {theirs_rate:>18.1f} | {ratio:>6.2f}x")
 
 
+# Capacity mode: a random model over a 256-token vocabulary with 8 EOS ids, so that a sample ends about one step
+# in 32 (geometric lengths: mean ~31; the longest of 256 samples ~130).
+CAPACITY = kj.Qwen3Config(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
+
+
+def _capacity() -> None:
+    """--mode=capacity: the same samples under growing max_new_tokens. A step costs what it reads, so the time
+    must not follow the reserved capacity (cache, page-table width, token buffer), only the tokens decoded."""
+    config = dataclasses.replace(CAPACITY, num_hidden_layers=_LAYERS.value or CAPACITY.num_hidden_layers)
+    dtype = jnp.dtype(_DTYPE.value)
+    model = kj.Qwen3ForCausalLM(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(8, config.vocab_size, rng.integers(16, 65)).tolist() for _ in range(_PROMPTS.value)]
+    attention = dataclasses.replace(Variant.parse(_ATTENTION.value[0], ()).config, dense_layers=())
+    sampling = kj.SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)
+    rows, reference = [], None
+    for budget in (int(b) for b in _BUDGETS.value):
+        def run():
+            return kj.generate(model, prompts, num_samples=_SAMPLES.value, max_new_tokens=budget, sampling=sampling,
+                               attention=attention, eos_token_ids=tuple(range(8)), seed=1)
+        result = run()
+        seconds = _median_seconds(run, _REPEATS.value)
+        lengths = result.lengths
+        if reference is None:
+            reference = result
+        same = bool(np.array_equal(lengths, reference.lengths)) and all(
+            result.sequences(p, n) == reference.sequences(p, n) for p, n in np.ndindex(lengths.shape))
+        rows.append((budget, int(lengths.sum()), int(lengths.max()), len(result.attended_tokens), seconds, same))
+    print(f"\n{_PROMPTS.value} prompts x {_SAMPLES.value} samples, {attention.describe()}, {config.num_hidden_layers} "
+          f"layers, {_DTYPE.value}, device: {_device()}")
+    print(f"{'max_new_tokens':>14} | {'tokens':>7} | {'longest':>7} | {'steps':>5} | {'seconds':>8} | "
+          f"{'vs first':>8} | same samples")
+    for budget, tokens, longest, steps, seconds, same in rows:
+        print(f"{budget:>14} | {tokens:>7} | {longest:>7} | {steps:>5} | {seconds:>8.3f} | "
+              f"{seconds / rows[0][4]:>7.2f}x | {same}")
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.info("process %d of %d, backend %s", jax.process_index(), jax.process_count(), jax.default_backend())
     if _MODE.value == "transformers":
         _transformers_comparison()
+    elif _MODE.value == "capacity":
+        _capacity()
     else:
         _sweep()
 

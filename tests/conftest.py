@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 # The test extra installs libtpu and the CUDA plugin so that the compile checks can build TPU and GPU programs
-# (tests/compile_targets.py). Without these settings every process that imports jax would try to start a TPU
+# (kinetics_jax/cost/targets.py). Without these settings every process that imports jax would try to start a TPU
 # and a GPU runtime, and the first would hold libtpu's lock file against the scripts the tests launch. The
 # variables are inherited by those scripts.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -55,8 +55,8 @@ def test_rules_give_the_expected_partition_specs():
     mesh = _mesh((4, 2))
     abstract = nnx.eval_shape(lambda: kj.Qwen3ForCausalLM(MOE, rngs=nnx.Rngs(0)))
     specs = {".".join(map(str, path)): s.spec for path, s in distributed.param_shardings(abstract, mesh).items()}
-    assert specs["blocks.0.layer.self_attn.q_proj"] == P(None, None, "model", None)
-    assert specs["blocks.0.layer.self_attn.k_proj"] == P(None, None, "model", None)
+    assert specs["blocks.0.layer.self_attn.q_proj"] == P(None, "model", None, None)
+    assert specs["blocks.0.layer.self_attn.k_proj"] == P(None, "model", None, None)
     assert specs["blocks.0.layer.self_attn.o_proj"] == P(None, "model", None, None)
     assert specs["blocks.0.layer.mlp.gate_proj"] == P(None, "model", None, None)  # experts take "model"
     assert specs["blocks.0.layer.mlp.router"] == P(None, None, "model")
@@ -194,5 +194,5 @@ def test_restore_into_a_mesh(fmt, hf_checkpoints, tmp_path):
         assert value.sharding.mesh == mesh
         np.testing.assert_array_equal(np.asarray(value), np.asarray(ref.get_value()), err_msg=str(key))
     # Parameters are really split: each device holds half the query heads.
-    q = model.blocks[0].layer.self_attn.q_proj[...]  # [layers, embed, heads, head_dim]
-    assert q.addressable_shards[0].data.shape[2] == q.shape[2] // 2
+    q = model.blocks[0].layer.self_attn.q_proj[...]  # [layers, heads, head_dim, embed]
+    assert q.addressable_shards[0].data.shape[1] == q.shape[1] // 2

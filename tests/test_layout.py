@@ -20,7 +20,7 @@ def test_canonical_keys_cover_every_layer_once():
     assert "lm_head" not in shapes  # tied
     assert shapes["layers.0.mlp.gate_proj"] == (16, 24)          # dense layer 0
     assert shapes["layers.1.mlp.gate_proj"] == (3, 16, 8)        # MoE layer 1
-    assert shapes["layers.3.self_attn.q_proj"] == (16, 4, 8)
+    assert shapes["layers.3.self_attn.q_proj"] == (4, 8, 16)  # [heads, head_dim, embed]
     assert {layout.write_group(k) for k in shapes} == {"embed_tokens.embedding", "norm.scale", "layers.0",
                                                        "layers.1", "layers.2", "layers.3"}
 

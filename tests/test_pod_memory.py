@@ -28,8 +28,13 @@ def test_qwen3_32b_on_eight_devices_matches_hand_arithmetic():
     # Pages of 16 tokens: the null page, 64 shared prompt pages, and per sample ceil(32767 / 16) - 64 = 1984 own
     # pages (the last sampled token is never cached); the pool is rounded up to a multiple of 64.
     pages = math.ceil((1 + 64 + 32 * 1984) / 64) * 64
-    per_page = 16 * 2 * 64 * 8 * 128 * 2 + 64 * 8 * 128 * 4  # bf16 K and V, plus the float32 key sums
+    per_page = 16 * 2 * 64 * 8 * 128 * 2  # bf16 K and V (dense: no block summaries)
     assert row.kv_cache == pages * per_page // 8  # 8 KV heads over 8 devices
+    block = kj.distributed.memory_per_device(
+        config, (1, 8), prompt_lengths=[1024], max_new_tokens=31744, num_samples=32, dtype=jnp.bfloat16,
+        attention=kj.AttentionConfig(kind="block_topk", block_topk=64))  # sink 4: pages shifted by 12 slots
+    pages = math.ceil((1 + (1024 + 12) // 16 + 32 * (math.ceil((12 + 32767) / 16) - 64)) / 64) * 64
+    assert block.kv_cache == pages * (per_page + 64 * 8 * 128 * 2) // 8  # + one bf16 mean key per page and layer
     # Every matrix is split 8 ways (heads, mlp, vocab); only the RMSNorm scales are replicated.
     h, layers, vocab, hq, hkv, d, mlp = 5120, 64, 151936, 64, 8, 128, 25600
     matrices = 2 * vocab * h + layers * (h * hq * d * 2 + h * hkv * d * 2 + 3 * h * mlp)
@@ -47,7 +52,7 @@ def test_kv_heads_are_copied_when_the_model_axis_exceeds_them():
     # One KV head per device in both: 4 x 4 splits the 4 heads, 2 x 8 keeps 2 copies of each over 8 devices.
     # A data shard holds the null page, the 32 prompt pages and ceil(4607 / 16) - 32 = 256 pages per sample:
     # 2 samples on 4 x 4, 4 on 2 x 8; pools rounded up to 64 pages.
-    per_page = 16 * 2 * 94 * 4 * 128 * 2 + 94 * 4 * 128 * 4
+    per_page = 16 * 2 * 94 * 4 * 128 * 2
     assert four.kv_cache == math.ceil((33 + 2 * 256) / 64) * 64 * per_page // 4
     assert eight.kv_cache == math.ceil((33 + 4 * 256) / 64) * 64 * per_page * 2 // 8
 
@@ -57,7 +62,7 @@ def test_cli_prints_the_table():
                           "--meshes=1x8,2x4", "--device_memory_gib=80"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"), timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "| 1 x 8 | 8 | 7.6 | 33.0 | 40.6 | yes |" in out.stdout
+    assert "| 1 x 8 | 8 | 7.6 | 31.1 | 38.7 | yes |" in out.stdout
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "pod_memory.py"), "--meshes=4"],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
     assert bad.returncode != 0 and "DATAxMODEL" in bad.stderr

@@ -26,22 +26,23 @@ def _shuffled(cache: KVCache, table: jnp.ndarray, seed: int) -> tuple[KVCache, j
     """The same cache with its pages stored in a random order (page ids are not positions)."""
     perm = np.random.default_rng(seed).permutation(cache.k.shape[2])  # new id of old page i is perm[i]
     inv = np.argsort(perm)
-    moved = KVCache(*(None if a is None else a[:, :, inv] for a in cache))
+    pools = {"k": cache.k[:, :, inv], "v": cache.v[:, :, inv]}  # pools [L, Hkv, P, ..], summaries [L, P, ..]
+    moved = KVCache(**pools, **{name: getattr(cache, name)[:, inv] for name in cache.summary_fields})
     return moved, jnp.asarray(perm)[table]
 
 
 def _token_mask(pages: PageList, table: np.ndarray, t: int, page_size: int, offset: int) -> np.ndarray:
-    """bool[B, Hkv, T] of the tokens a page list attends, written from its definition in numpy (checks that each
-    read entry's page is its sequence's page at that block, reads something, and that no token is read twice)."""
-    page_ids, start, end, window = (np.asarray(a) for a in (pages.pages, pages.start, pages.end, pages.window))
+    """bool[B, Hkv, T] of the tokens a page list attends, written from its definition in numpy (checks that it
+    reads the rows' own page tables, that each read entry reads something, and that no token is read twice)."""
+    pages_table, start, end, window = (np.asarray(a) for a in (pages.table, pages.start, pages.end, pages.window))
+    np.testing.assert_array_equal(pages_table, table)  # the kernels look pages up in the rows' own tables
     blocks = None if pages.blocks is None else np.asarray(pages.blocks)
-    b, lists, _ = page_ids.shape
+    b, lists, _ = pages.shape
     mask = np.zeros((b, lists, t), bool)
     for i, h in np.ndindex(b, lists):
         w0, w1, w2, w3 = window[i]
         for e in range(start[i, h], end[i, h]):
             block = e if blocks is None else int(blocks[i, h, e])
-            assert page_ids[i, h, e] == table[i, block], "an entry's page is not its sequence's page at its block"
             position = block * page_size + np.arange(page_size)
             read = ((position >= w0) & (position < w1)) | ((position >= w2) & (position < w3))
             assert read.any(), "a read entry attends nothing"
@@ -74,9 +75,9 @@ def test_page_lists_select_the_reference_tokens(config, hq, hkv):
     # the list is no wider than the policy needs: sink pages + chosen blocks + local pages
     if config.kind == "block_topk":
         width = -(-config.sink // ps) + config.block_topk + -(-(config.local + ps - 1) // ps)
-        assert pages.pages.shape[-1] == width
+        assert pages.shape[-1] == width
     if config.kind == "dense":  # one list for every KV head, straight from the page table: nothing of width built
-        assert pages.blocks is None and pages.pages.shape == (b, 1, table.shape[1])
+        assert pages.blocks is None and pages.shape == (b, 1, table.shape[1])
 
 
 @pytest.mark.parametrize("score", ["mean", "quest"])
@@ -112,7 +113,9 @@ def test_quest_score_identity_equals_the_channel_max():
     config = AttentionConfig(kind="block_topk", sink=0, block_size=8, block_topk=1, score="quest")
     cache, table = paged_from_contiguous(jnp.asarray(k), jnp.asarray(k), jnp.asarray([32, 32]), config)
     qbar, qabs = selection.group_means(jnp.asarray(q), 2, quest=True)
-    got = np.asarray(selection.block_scores(qbar[:, None], qabs[:, None], cache, jnp.int32(0), table)[:, 0])
+    width = table.shape[1]
+    got = np.asarray(selection.block_scores(qbar[:, None], qabs[:, None], cache, jnp.int32(0), table, 0,
+                                            jnp.zeros(2, jnp.int32), jnp.full(2, width, jnp.int32), width)[:, 0])
     blocks = k.reshape(2, 4, 8, 2, 8)
     lo, hi = blocks.min(2), blocks.max(2)  # [B, J, Hkv, D]
     qg = q.reshape(2, 2, 2, 8)
