@@ -26,6 +26,14 @@ ROWS_PER_STEP = 16
 PAGES_PER_STEP = 32
 
 
+def _start_then_wait(copies: list) -> None:
+    """Issues every DMA, then waits for each: the copies run concurrently."""
+    for c in copies:
+        c.start()
+    for c in copies:
+        c.wait()
+
+
 def _tokens_kernel(layer_ref, pages_ref, slots_ref,    # SMEM int32 [1], [B], [B]
                    k_new_ref, v_new_ref,               # VMEM [rows, Hkv, D]
                    k_in, v_in,                          # HBM pools (aliased to the outputs)
@@ -44,26 +52,14 @@ def _tokens_kernel(layer_ref, pages_ref, slots_ref,    # SMEM int32 [1], [B], [B
         return [pltpu.make_async_copy(buf.at[i], pool.at[layer, :, page], sems.at[j]) if to_pool else
                 pltpu.make_async_copy(pool.at[layer, :, page], buf.at[i], sems.at[j]) for pool, buf, j in pairs]
 
-    reads = [page_copies(i, False) for i in range(rows)]
-    for copies in reads:
-        for c in copies:
-            c.start()
-    for copies in reads:
-        for c in copies:
-            c.wait()
+    _start_then_wait([c for i in range(rows) for c in page_copies(i, False)])
     slot_of = lax.broadcasted_iota(jnp.int32, k_buf.shape[1:], 1)  # [Hkv, page_size, D]
     for i in range(rows):
         slot = slots_ref[jnp.minimum(step * rows + i, num_rows - 1)]
         for buf, new in ((k_buf, k_new_ref), (v_buf, v_new_ref)):
             row = jnp.broadcast_to(new[i][:, None, :].astype(buf.dtype), slot_of.shape)
             buf[i] = jnp.where(slot_of == slot, row, buf[i])
-    writes = [page_copies(i, True) for i in range(rows)]
-    for copies in writes:
-        for c in copies:
-            c.start()
-    for copies in writes:
-        for c in copies:
-            c.wait()
+    _start_then_wait([c for i in range(rows) for c in page_copies(i, True)])
 
 
 def write_tokens(k_pool: jax.Array, v_pool: jax.Array, layer: jax.Array, pages: jax.Array, slots: jax.Array,
@@ -110,10 +106,7 @@ def _pages_kernel(layer_ref, dst_ref, index_ref,   # SMEM int32 [1], [n], [n]
         dst, src = dst_ref[j], index_ref[j]
         copies += [pltpu.make_async_copy(k_src.at[src], k_out.at[layer, :, dst], sems.at[0]),
                    pltpu.make_async_copy(v_src.at[src], v_out.at[layer, :, dst], sems.at[1])]
-    for c in copies:
-        c.start()
-    for c in copies:
-        c.wait()
+    _start_then_wait(copies)
 
 
 def write_pages(k_pool: jax.Array, v_pool: jax.Array, layer: jax.Array, dst: jax.Array, k_src: jax.Array,
@@ -149,10 +142,7 @@ def _rows_kernel(layer_ref, rows_ref, x_ref, a_in, a_out, sem, *, num_rows: int,
     for i in range(per_step):
         j = jnp.minimum(step * per_step + i, num_rows - 1)  # a short last step repeats its last row
         copies.append(pltpu.make_async_copy(x_ref.at[i], a_out.at[layer, rows_ref[j]], sem))
-    for c in copies:
-        c.start()
-    for c in copies:
-        c.wait()
+    _start_then_wait(copies)
 
 
 def write_rows(array: jax.Array, layer: jax.Array, rows: jax.Array, x: jax.Array, *,
