@@ -20,6 +20,7 @@ CASES = [
     (AttentionConfig(), [1, 2, 4, 8]),
     (BLOCK, [1, 2, 4, 8]),
     (AttentionConfig(kind="block_topk", sink=7, local=5, block_size=16, block_topk=3, score="quest"), [4]),
+    (AttentionConfig(kind="block_topk", sink=4, local=0, block_size=8, block_topk=5), [2]),  # the paper's blocks
     (AttentionConfig(kind="sliding_window", sink=4, local=21), [2]),
     (AttentionConfig(kind="topk", sink=4, local=3, topk=20), [2]),
 ]
