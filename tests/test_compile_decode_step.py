@@ -82,3 +82,14 @@ def test_decode_step_split_count_follows_the_compile_target_not_the_host():
     text = fn.lower(*args).as_text()
     # 1 row x 8 KV heads at 257 pages: 32 programs wanted per list, at most 257 / 8 = 32 splits
     assert "tensor<1x8x32x16x128xf32>" in text or "1x8x32x16x128xf32" in text
+
+
+@pytest.mark.parametrize("kind", ["dense", "block_topk"])
+def test_xla_backend_decode_step_compiles_for_cuda_without_copies(kind):
+    """backend="xla" (the default) in bf16: the chunked while loop reads pages by gathers, the cache is written
+    by scatters; on a GPU both stay in place, no pool is copied or converted."""
+    attention = kj.AttentionConfig(backend="xla") if kind == "dense" else dataclasses.replace(BLOCK, backend="xla")
+    request = compiled.Request(QWEN3_8B, attention, num_prompts=8, context=4096)
+    fn, args = compiled.decode_step_program(request, _mesh("cuda-h100"))
+    memory = _check(fn, args).memory_analysis()
+    assert memory.temp_size_in_bytes < 0.1 * memory.argument_size_in_bytes
