@@ -31,7 +31,7 @@ import jax
 
 # Opt-in shared memory per block (bytes): sm_90 (H100 / H200) 227 KiB, sm_80 (A100) 163 KiB.
 SHARED_MEMORY_LIMIT = {"sm_90a": 232_448, "sm_90": 232_448, "sm_80": 166_912}
-_TRITON_TARGET = "__gpu$xla.gpu.triton"
+TRITON_TARGET = "__gpu$xla.gpu.triton"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _captured_triton_calls():
     original = registration.mlir.custom_call
 
     def spy(call_target_name, *args, backend_config=None, **kwargs):
-        if call_target_name == _TRITON_TARGET:
+        if call_target_name == TRITON_TARGET:
             calls.append(dict(backend_config))
         return original(call_target_name, *args, backend_config=backend_config, **kwargs)
 
@@ -93,11 +93,14 @@ def _captured_triton_calls():
         registration.mlir.custom_call = original
 
 
-def _export_for_cuda(fn: Callable, *args: jax.ShapeDtypeStruct) -> None:
+def export_for_cuda(fn: Callable, *args: jax.ShapeDtypeStruct) -> jax.export.Exported:
+    """jax.jit(fn) exported for "cuda" on a machine without a GPU: jax 0.11 wants a GPU to lower Triton for, so
+    the export names an abstract H100 (accepted by 0.10 too); the Triton custom call is not on export's list of
+    stable custom calls, so that safety check is disabled."""
     h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
-        jax.export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=[
-            jax.export.DisabledSafetyCheck.custom_call(_TRITON_TARGET)])(*args)
+        return jax.export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=[
+            jax.export.DisabledSafetyCheck.custom_call(TRITON_TARGET)])(*args)
 
 
 def _ptxas(ptx: str, arch: str) -> tuple[int, int, int]:
@@ -124,7 +127,7 @@ def compile_kernels(fn: Callable, *args: jax.ShapeDtypeStruct, arch: str = "sm_9
     from jax._src.lib.mlir import ir
     jax.clear_caches()  # a cached lowering would not pass through the custom call again
     with _captured_triton_calls() as calls:
-        _export_for_cuda(fn, *args)
+        export_for_cuda(fn, *args)
     if not calls:
         raise ValueError("the function lowers no Pallas Triton kernel")
     capability = arch.removeprefix("sm_").rstrip("a")

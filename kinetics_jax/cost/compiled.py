@@ -19,7 +19,7 @@ The decode step is compiled the way the generate loop runs it: one `engine.decod
 - roofline seconds: max(analytic bytes / HBM bandwidth, analytic FLOPs / peak) from the hardware table;
 - a request whose arguments (weights and cache) exceed the chip's HBM is refused before compiling, and XLA's
   cost analysis is skipped for a step that does not fit;
-- copies: HBM copies of a KV pool, a summary array or a weight (cost.hlo.hbm_copies), which must be none.
+- copies: HBM copies of a KV pool, a summary array or a weight (cost.hlo.materialized), which must be none.
 """
 
 from __future__ import annotations
@@ -268,21 +268,24 @@ def generate_program(request: Request, mesh: Mesh) -> tuple[Callable, tuple, dic
 
 
 # ------------------------------------------------------------------------------------------------ analysis
+def _shards(args: tuple) -> list[tuple[tuple[int, ...], int]]:
+    """(per-chip shape, bytes) of every abstract array in `args` (each leaf's shard on one device)."""
+    out = []
+    for leaf in jax.tree.leaves(args):
+        shape = tuple(leaf.sharding.shard_shape(leaf.shape))
+        out.append((shape, math.prod(shape) * leaf.dtype.itemsize))
+    return out
+
+
 def watched_shapes(args: tuple) -> list[tuple[int, ...]]:
     """Per-chip shapes of a program's arrays of 1 MiB or more (the KV pools, the summaries, the parameters): a
-    step must not copy them (hlo.hbm_copies also matches one layer of each)."""
-    shapes = []
-    for leaf in jax.tree.leaves(args):
-        shape = leaf.sharding.shard_shape(leaf.shape)
-        if math.prod(shape) * leaf.dtype.itemsize >= 2**20:
-            shapes.append(tuple(shape))
-    return shapes
+    step must not copy them (hlo.materialized also matches one layer of each)."""
+    return [shape for shape, size in _shards(args) if size >= 2**20]
 
 
 def argument_bytes(args: tuple) -> int:
-    """Bytes per chip of a program's abstract arguments (each leaf's shard on one device)."""
-    return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
-               for leaf in jax.tree.leaves(args))
+    """Bytes per chip of a program's abstract arguments."""
+    return sum(size for _, size in _shards(args))
 
 
 def _counting_options(t: targets.Target) -> dict[str, Any]:
