@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -172,7 +177,7 @@ def test_easy_pairs_are_fast():
 
 @pytest.mark.parametrize("answer", [
     "9^{9^{9^{9^9}}}",  # sympy evaluates the power: minutes in one C-level big-int pow
-    "(" * 3000 + "1" + ")" * 3000,  # the LaTeX parser stalls
+    "(" * 100 + "1" + ")" * 100,  # the LaTeX parser stalls (~90 s; short enough to be sent to math-verify)
 ])
 def test_pathological_input_times_out(answer, caplog):
     grading.grade(K % "1", "1.0")  # a warm worker, so the wall clock below measures the timeout alone
@@ -197,3 +202,143 @@ def test_threads():
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         futures = [pool.submit(grading.grade, prediction, gold, timeout_s=2.0) for prediction, gold, _ in jobs]
         assert [f.result(timeout=60) for f in futures] == [expected for _, _, expected in jobs]
+
+
+@pytest.mark.parametrize("text,answer", [
+    (r"\boxed{" * 8000, None),  # 20 s when every unterminated box was scanned to the end of the text
+    (r"\boxed{" * 8000 + "5}", "5"),
+    (r"\boxed{" * 4000 + "5" + "}" * 4000, "5"),
+    (r"\boxed{x\\\\" * 5000, None),  # 17 s, the same with escapes
+    ("The answer is 5" + " " * 40000, "5"),  # 10 s: the sentence-end regex rescanned the run from each space
+    ("Therefore, the final answer is:" + " " * 40000, None),  # 25 s, the same, twice
+    ("answer is . " * 100000, None),  # 3 s: each (empty) value was read to the end of the one line
+])
+def test_extraction_is_linear(text, answer):
+    start = time.perf_counter()
+    assert grading.extract_answer(text) == answer
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, elapsed  # ~10-100 ms now; the old quadratic scans took the seconds noted above
+
+
+def test_long_integer_answers():
+    """Integer answers compare as digit strings at any length (int() refuses strings over 4300 digits)."""
+    digits = "1" * 5000
+    assert grading.grade(rf"\boxed{{{digits}}}", "5") is False
+    assert grading.grade(rf"\boxed{{00{digits}.}}", digits)
+    assert grading.grade(rf"\boxed{{+{digits}}}", digits)
+    assert not grading.grade(rf"\boxed{{-{digits}}}", digits)
+    assert not grading.grade(rf"\boxed{{{digits}1}}", digits)
+    assert grading.grade(K % "-0", "0") and grading.grade(K % "-1,000", "-1000")
+
+
+def test_overlong_answer_is_not_verified(caplog):
+    answer = "x+" * 1500 + "1"  # 3001 characters, over the bound, and no shortcut decides it
+    with caplog.at_level(logging.WARNING, logger=grading.__name__):
+        start = time.perf_counter()
+        assert grading.grade(K % answer, "5", timeout_s=60.0) is False
+        assert time.perf_counter() - start < 0.5  # decided without math-verify (which took ~2 s on it)
+    assert "over 2000 characters" in caplog.text and "counted as wrong" in caplog.text
+    assert grading.grade(K % answer, answer)  # identical strings are still equal
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc")
+
+
+def _state(pid: int) -> str:
+    """Process `pid`'s state letter in /proc ("R" running, "S" sleeping, "Z" zombie, ...); "X" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return "X"
+
+
+def _running(pid: int) -> bool:
+    """Is process `pid` alive? A zombie is not (an orphan's zombie may wait long for its new parent to reap it)."""
+    return _state(pid) not in ("Z", "X")
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _running(pid)
+
+
+def _read_line(proc: subprocess.Popen, timeout_s: float) -> str:
+    assert select.select([proc.stdout], [], [], timeout_s)[0], f"no output from the child in {timeout_s} s"
+    return proc.stdout.readline().decode().strip()
+
+
+# Loads grading.py by path (importing the package would load JAX: seconds) and runs a script with it.
+_LOAD_GRADING = (
+    "import importlib.util, os, sys\n"
+    "spec = importlib.util.spec_from_file_location('grading', sys.argv[1])\n"
+    "grading = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(grading)\n"
+)
+
+
+@linux_only
+def test_worker_started_by_a_finished_thread_survives(caplog):
+    """Linux sends PR_SET_PDEATHSIG when the *thread* that started a child ends: workers must not die with a
+    caller thread (here one that started a worker and then ended), or their next comparison would count wrong."""
+    grading._POOL.close()  # no idle worker, so the thread below starts one
+    thread = threading.Thread(target=grading.grade, args=(K % r"\frac{5}{8}", "0.625"))
+    thread.start()
+    thread.join()
+    [worker] = grading._POOL._idle
+    time.sleep(0.3)  # the thread's OS-level exit follows join(); a death signal would be delivered by now
+    assert _running(worker._proc.pid)
+    with caplog.at_level(logging.WARNING, logger=grading.__name__):
+        assert grading.grade(K % r"\frac{7}{8}", "0.875")
+    assert "worker died" not in caplog.text
+
+
+@linux_only
+def test_worker_dies_with_a_killed_parent():
+    """SIGKILL a process while its worker is in a long C-level big-int pow: the worker must die too, not run on
+    (for minutes, holding the GIL, so it cannot notice its stdin closing) as an orphan."""
+    script = _LOAD_GRADING + (
+        r"assert grading.grade(r'\boxed{\frac{1}{2}}', '0.5')" "\n"  # starts a worker
+        "print(grading._POOL._idle[0]._proc.pid, flush=True)\n"
+        r"grading.grade(r'\boxed{9^{9^{9^{9^9}}}}', '5', timeout_s=60.0)" "\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, grading.__file__], stdout=subprocess.PIPE)
+    worker_pid = None
+    try:
+        worker_pid = int(_read_line(parent, 60.0))
+        time.sleep(1.0)  # the worker reads the tower and enters the pow
+        assert _state(worker_pid) == "R"  # computing, not waiting on its stdin (whose EOF would end it anyway)
+        parent.kill()
+        parent.wait()
+        assert _wait_gone(worker_pid, 5.0), "the worker outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        if worker_pid is not None and _running(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)
+
+
+@linux_only
+def test_parent_watchdog_without_pdeathsig():
+    """The portable fallback alone (no PR_SET_PDEATHSIG): a process busy in Python code, which releases the GIL,
+    exits soon after its parent (a shell here) is killed."""
+    script = _LOAD_GRADING + (
+        "grading._watch_parent(os.getppid())\n"
+        "print(os.getpid(), flush=True)\n"
+        "while True:\n"
+        "    sum(range(1000))\n")
+    shell = subprocess.Popen(["sh", "-c", '"$0" -c "$1" "$2"; exit', sys.executable, script, grading.__file__],
+                             stdout=subprocess.PIPE)
+    child_pid = None
+    try:
+        child_pid = int(_read_line(shell, 30.0))
+        assert child_pid != shell.pid  # the shell forked it (did not exec it), so it outlives the shell's death
+        shell.kill()
+        shell.wait()
+        assert _wait_gone(child_pid, 3.0), "the watchdog did not end the process"  # it polls every 0.5 s
+    finally:
+        shell.kill()
+        shell.wait()
+        if child_pid is not None and _running(child_pid):
+            os.kill(child_pid, signal.SIGKILL)

@@ -28,18 +28,37 @@ run in-process:
 - integers: both sides match `[+-]?digits` (thousands separators "1,000" / "1{,}000" allowed; a trailing period
   ignored) -> compared as integers. This is the AIME normalisation: "033" == "33". It agrees with math-verify on
   every case we know; it is there for speed. "33.0" is not an integer string, so math-verify decides (True).
+  The integers are compared as canonical digit strings (sign, no leading zeros), not with int(): exact and
+  linear at any length (int() refuses strings over 4300 digits).
 - identical strings (after stripping whitespace and `$`) -> equal.
-A parse failure scores False.
+A parse failure scores False. An answer (either side) over `_MAX_VERIFY_CHARS` = 2000 characters that no shortcut
+decides is not sent to math-verify: it scores False with a logged warning (memoised like a timeout). Benchmark
+answers are a few hundred characters at most, so such an answer is garbage (a runaway box); the bound keeps
+megabytes of it from being shipped to and parsed by a worker. It does not bound math-verify's time (201
+characters of nested parentheses stall it): the timeout does.
+
+Bounds on extraction: `extract_answer` is linear in len(text) whatever the text (evaluate.py re-extracts every
+trace at each truncation budget). Boxes are resolved from the last one back, each stepping over the later boxes
+it contains and stopping at an unterminated one, so no character is scanned twice (and usually only the last
+box's content is read); a fallback value is read only up to its end; no regex backtracks over a run of text more
+than once; the think-tag split is one rfind. About 1-3 ms per MB of ordinary text.
 
 Timeouts and threads: math-verify's own timeouts use `signal.alarm`, which works only in the main thread and
 cannot interrupt a long C-level computation (a power tower like 9^{9^{9^{9^9}}} spends minutes in one big-int
-pow; 3000 nested parentheses stall the LaTeX parser). So math-verify runs with its timeouts off in persistent
-worker processes (a plain `python -c` child that loads only this file, math-verify and sympy; ~1 s to start, once
-per process). Each comparison has a deadline (`timeout_s`); past it the worker is killed, a warning is logged,
-the comparison counts as not equal, and the next call starts a fresh worker (so a call's wall time is at most
-`timeout_s` plus, when no worker is idle, one worker start). Workers are pooled: concurrent
-callers (threads) each get their own, so `grade` is safe to call from any thread. Results, timeouts included,
+pow; 100 nested parentheses stall the LaTeX parser for minutes). So math-verify runs with its timeouts off in
+persistent worker processes (a plain `python -c` child that loads only this file, math-verify and sympy; ~1 s to
+start, once per process). Each comparison has a deadline (`timeout_s`); past it the worker is killed, a warning is
+logged, the comparison counts as not equal, and the next call starts a fresh worker (so a call's wall time is at
+most `timeout_s` plus, when no worker is idle, one worker start). Workers are pooled: concurrent callers (threads)
+each get their own, so `grade` is safe to call from any thread. Results, timeouts included,
 are memoised per process, so a repeated pathological answer costs its timeout once. POSIX only.
+
+Orphans: a worker dies with the process that started it, even mid-computation (evaluate.py killed while a
+comparison runs must not leave a worker spinning). On Linux the kernel SIGKILLs it (PR_SET_PDEATHSIG, set first
+thing in the worker); everywhere a watchdog thread in the worker exits when os.getppid() changes, which works
+while the worker runs Python code but not inside one GIL-holding big-int pow. Linux sends that signal when the
+*thread* that started the child ends, so all workers are started by one long-lived daemon thread (`_Spawner`),
+never by the (possibly short-lived) calling thread.
 
 Cost: integer pairs and identical strings take microseconds; other easy pairs take one math-verify parse of the
 prediction (~1-3 ms; the gold's parse is cached) plus a pipe round trip (~0.1 ms).
@@ -49,14 +68,18 @@ from __future__ import annotations
 
 import atexit
 import collections
+import concurrent.futures
 import json
 import logging
 import os
+import queue
 import re
 import selectors
 import subprocess
 import sys
 import threading
+import time
+import unicodedata
 
 log = logging.getLogger(__name__)
 
@@ -65,37 +88,47 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------------------
 
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# From a position: the text up to and including the next brace that is not escaped (\{, \}, and the character
+# after any other backslash are skipped). Used with .match, never .search: every character has one way to match,
+# so a failed match backtracks linearly, once.
+_NEXT_BRACE = re.compile(r"[^\\{}]*(?:\\.[^\\{}]*)*([{}])", re.DOTALL)
 _KINETICS_SENTENCE = re.compile(r"final answer is\s*:?", re.IGNORECASE)  # the phrases before a fallback answer
 _ANSWER_IS = re.compile(r"\banswer\**\s*(?:is\b|:)\**\s*:?", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"\.(?:\s|$)|\s*I hope it is correct", re.IGNORECASE)
+# Where a fallback answer ends: its line end, a sentence end (". "), or "I hope it is correct". (No leading \s*
+# before "I hope": it made every search quadratic in a run of whitespace; the value is stripped anyway.)
+_VALUE_END = re.compile(r"\n|\.(?=\s|$)|I hope it is correct", re.IGNORECASE)
 
 
-def _box_content(text: str, open_brace: int) -> str | None:
-    """The text between text[open_brace] == "{" and its matching "}" (escaped braces \\{ \\} do not count), or
-    None when the box is never closed."""
-    depth = 0
-    i = open_brace
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2  # skip the escaped character (\{, \}, \\, or the first letter of a command)
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
+def _closing_brace(text: str, open_brace: int, closes: dict[int, int | None]) -> int | None:
+    """The position of the "}" matching text[open_brace] == "{", or None when it is never closed. `closes` holds
+    the boxes that start after open_brace (box brace -> its closing brace, or None): a complete one is stepped
+    over at once, and meeting an unterminated one means this brace is never closed either."""
+    depth, position = 1, open_brace + 1
+    while (match := _NEXT_BRACE.match(text, position)) is not None:
+        brace = match.start(1)
+        position = brace + 1
+        if text[brace] == "}":
             depth -= 1
             if depth == 0:
-                return text[open_brace + 1:i]
-        i += 1
+                return brace
+        elif brace in closes:
+            if closes[brace] is None:
+                return None
+            position = closes[brace] + 1
+        else:
+            depth += 1
     return None
 
 
 def _last_box(text: str) -> str | None:
-    """The content of the last complete, non-empty box in `text`."""
-    for match in reversed(list(_BOX_START.finditer(text))):
-        content = _box_content(text, match.end() - 1)
-        if content is not None and content.strip():
-            return content.strip()
+    """The content of the last complete, non-empty box in `text`. The boxes are resolved from the last one back,
+    each stepping over the later boxes it contains, so no character is scanned twice: linear in len(text), and
+    usually only the last box's content is read."""
+    closes: dict[int, int | None] = {}
+    for open_brace in reversed([match.end() - 1 for match in _BOX_START.finditer(text)]):
+        close = closes[open_brace] = _closing_brace(text, open_brace, closes)
+        if close is not None and (content := text[open_brace + 1:close].strip()):
+            return content
     return None
 
 
@@ -108,18 +141,16 @@ def _response_part(text: str) -> str:
 
 
 def _clean_value(value: str) -> str:
-    """A fallback answer's text: up to the first sentence end, without $ and ** decoration."""
-    end = _SENTENCE_END.search(value)
-    if end is not None:
-        value = value[:end.start()]
+    """A fallback answer's text without $ and ** decoration."""
     return value.strip().strip("*").strip().strip("$").strip().rstrip(".").strip()
 
 
 def _last_phrase(pattern: re.Pattern[str], text: str) -> str | None:
-    """The non-empty value after the last occurrence of `pattern`: the rest of its line, cleaned."""
+    """The non-empty value after the last occurrence of `pattern`: up to its end (`_VALUE_END`), cleaned. Linear:
+    a value is read only up to its end, and a value that cleans to "" holds no later occurrence of the pattern."""
     for match in reversed(list(pattern.finditer(text))):
-        line_end = text.find("\n", match.end())
-        value = _clean_value(text[match.end():None if line_end < 0 else line_end])
+        end = _VALUE_END.search(text, match.end())
+        value = _clean_value(text[match.end():len(text) if end is None else end.start()])
         if value:
             return value
     return None
@@ -138,19 +169,25 @@ def extract_answer(text: str) -> str | None:
 # Exact shortcuts (no math-verify needed)
 # ---------------------------------------------------------------------------------------------------------------
 
-_INTEGER = re.compile(r"[+-]?(?:\d{1,3}(?:(?:,|\{,\})\d{3})+|\d+)")
+_INTEGER = re.compile(r"([+-]?)(\d{1,3}(?:(?:,|\{,\})\d{3})+|\d+)")
 
 
 def _normalise(answer: str) -> str:
     return answer.strip().strip("$").strip()
 
 
-def _as_integer(answer: str) -> int | None:
-    """"033" -> 33, "-1,000" -> -1000, "12." -> 12; None for anything that is not an integer string."""
-    text = _normalise(answer).rstrip(".")
-    if not _INTEGER.fullmatch(text):
+def _as_integer(answer: str) -> str | None:
+    """The canonical digits of an integer answer: "033" -> "33", "-1,000" -> "-1000", "12." -> "12", "-0" -> "0";
+    None for anything that is not an integer string. A string, not an int: exact and linear at any length (int()
+    refuses strings over 4300 digits). Non-ASCII decimal digits ("٣٣") are read as int() reads them."""
+    match = _INTEGER.fullmatch(_normalise(answer).rstrip("."))
+    if match is None:
         return None
-    return int(text.replace("{,}", "").replace(",", ""))
+    digits = match[2].replace("{,}", "").replace(",", "")
+    if not digits.isascii():
+        digits = "".join(str(unicodedata.decimal(digit)) for digit in digits)
+    digits = digits.lstrip("0") or "0"
+    return "-" + digits if match[1] == "-" and digits != "0" else digits
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -165,12 +202,42 @@ _BOOTSTRAP = (
     "spec = importlib.util.spec_from_file_location('_kinetics_grading_worker', sys.argv[1])\n"
     "module = importlib.util.module_from_spec(spec)\n"
     "spec.loader.exec_module(module)\n"
-    "module._serve()\n"
+    "module._serve(int(sys.argv[2]))\n"
 )
+_PARENT_POLL_S = 0.5  # how often a worker's watchdog thread checks that its parent is alive
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _serve() -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """Makes this process (a worker) end when `parent_pid`, its parent, dies, even in the middle of a computation.
+    On Linux the kernel SIGKILLs it (PR_SET_PDEATHSIG), which also stops a C-level computation that holds the GIL;
+    `_watch_parent` is the portable fallback (and a second line on Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _watch_parent(parent_pid)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exits this process now if `parent_pid` is no longer its parent, else as soon as a daemon thread polling
+    os.getppid() sees that. os._exit needs the GIL, which Python code (sympy) releases every few milliseconds but
+    one C-level big-int pow does not: there only PR_SET_PDEATHSIG helps."""
+    if os.getppid() != parent_pid:  # the parent already died (before PR_SET_PDEATHSIG took effect, say)
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _serve(parent_pid: int) -> None:
     """The worker's main loop: one JSON [gold, target] per stdin line -> "1" or "0" per stdout line."""
+    _exit_with_parent(parent_pid)
     import functools
     import resource
     import signal
@@ -205,12 +272,46 @@ def _serve() -> None:
         sys.stdout.flush()
 
 
+class _Spawner:
+    """Starts the worker processes, all from one thread that lives as long as this process. Linux delivers a
+    child's PR_SET_PDEATHSIG when the *thread* that started it ends, so a worker started by a short-lived caller
+    thread (a thread pool's) would be killed with that thread, and its next comparison would count as wrong."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._requests: queue.SimpleQueue[concurrent.futures.Future[subprocess.Popen[bytes]]] = queue.SimpleQueue()
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        future: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+        with self._lock:
+            if self._pid != os.getpid():  # the first call, or a forked child (threads do not survive a fork)
+                self._pid, self._requests = os.getpid(), queue.SimpleQueue()
+                threading.Thread(target=self._run, args=(self._requests,), name="grading-spawner",
+                                 daemon=True).start()
+            self._requests.put(future)
+        return future.result()
+
+    @staticmethod
+    def _run(requests: queue.SimpleQueue[concurrent.futures.Future[subprocess.Popen[bytes]]]) -> None:
+        while True:
+            future = requests.get()
+            try:
+                future.set_result(subprocess.Popen(
+                    [sys.executable, "-c", _BOOTSTRAP, os.path.abspath(__file__), str(os.getpid())],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+            except BaseException as error:  # noqa: BLE001 - handed to the caller, which raises it
+                future.set_exception(error)
+
+
+_SPAWNER = _Spawner()
+
+
 class _Worker:
     """One math-verify child process, used by one caller at a time."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, os.path.abspath(__file__)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._proc = _SPAWNER.start_worker()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._proc.stdout, selectors.EVENT_READ)
         if self._read_line(_WORKER_START_TIMEOUT_S) != "ready":
@@ -300,6 +401,7 @@ atexit.register(_POOL.close)
 # Comparison with memoisation
 # ---------------------------------------------------------------------------------------------------------------
 
+_MAX_VERIFY_CHARS = 2000  # a longer answer is not sent to math-verify (see the module docstring)
 _CACHE_SIZE = 1 << 16
 # (gold, target) -> the result, or (a float) the timeout in seconds that the comparison exceeded; LRU order.
 _cache: collections.OrderedDict[tuple[str, str], bool | float] = collections.OrderedDict()
@@ -308,6 +410,20 @@ _cache_lock = threading.Lock()
 
 def _shorten(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def _verify(gold: str, target: str, timeout_s: float) -> bool | float:
+    """math-verify's verdict, or (a float) the timeout that the comparison exceeded: what `_cache` keeps. A pair
+    without a verdict is logged as counted wrong."""
+    if max(len(gold), len(target)) > _MAX_VERIFY_CHARS:
+        log.warning("grading skipped (an answer is over %d characters); counted as wrong: gold=%r answer=%r",
+                    _MAX_VERIFY_CHARS, _shorten(gold), _shorten(target))
+        return False
+    result = _POOL.verify(gold, target, timeout_s)
+    if isinstance(result, bool):
+        return result
+    log.warning("grading %s; counted as wrong: gold=%r answer=%r", result, _shorten(gold), _shorten(target))
+    return float(timeout_s)
 
 
 def _compare(gold: str, target: str, timeout_s: float) -> bool:
@@ -326,14 +442,12 @@ def _compare(gold: str, target: str, timeout_s: float) -> bool:
         return cached
     if isinstance(cached, float) and timeout_s <= cached:
         return False  # already exceeded a deadline at least this long
-    result = _POOL.verify(gold, target, timeout_s)
-    if isinstance(result, str):
-        log.warning("grading %s; counted as wrong: gold=%r answer=%r", result, _shorten(gold), _shorten(target))
+    outcome = _verify(gold, target, timeout_s)
     with _cache_lock:
-        _cache[key] = result if isinstance(result, bool) else float(timeout_s)
+        _cache[key] = outcome
         if len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
-    return result is True
+    return outcome is True
 
 
 def _gold_answer(gold: str) -> str:
