@@ -23,7 +23,8 @@ pallas_kernels.paged_write: in place, with the pools keeping the layout the deco
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+import operator
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,34 @@ SUMMARY_FIELDS = ("k_mean", "k_min", "k_max")
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _bounds_text(minimum: int | None, maximum: int | None) -> str:
+    if minimum is None:
+        return "" if maximum is None else f" <= {maximum}"
+    return f" >= {minimum}" if maximum is None else f" in [{minimum}, {maximum}]"
+
+
+def checked_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None,
+                why: str = "") -> int:
+    """`value` as a Python int, or ValueError naming `name`.
+
+    The rule for every integer argument of the package (request sizes, seeds, stream ids, policy fields): any
+    integral value that is not a bool is accepted and converted to int (int, numpy integers, 0-d integer arrays:
+    what `operator.index` takes); bools (True is not 1 sample), floats (even 4.0), strings and None are refused,
+    and so is a value outside [minimum, maximum] (either bound optional). `why` is appended to the rule in the
+    message, e.g. "num_samples must be an integer >= 1, got 2.5, a float".
+    """
+    rule = f"{name} must be an integer{_bounds_text(minimum, maximum)}" + (f" ({why})" if why else "")
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{rule}, got {value!r}, a {type(value).__name__}") from None
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise ValueError(f"{rule}, got {number}")
+    return int(number)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +100,8 @@ class CachePlan:
         A sequence stores positions 0 .. prompt + max_new_tokens - 2 (the last sampled token is never fed back).
         `pad_pages_to` rounds the pool size up (a shape bucket).
         """
-        if not 0 <= page_offset < page_size:
-            raise ValueError(f"page_offset must be in [0, page_size={page_size}), got {page_offset}")
+        num_pages = cls.pool_pages(prompt_lengths, num_samples, max_new_tokens, page_size, page_offset=page_offset,
+                                   pad_pages_to=pad_pages_to)
         tables: list[list[int]] = []
         writes: list[tuple[int, int, int]] = []
         next_page = NULL_PAGE + 1
@@ -91,7 +120,7 @@ class CachePlan:
                 tables.append(shared_ids + own_ids)
                 if partial:  # the partial last prompt page, per sample
                     writes.append((own_ids[0], p, full))
-        num_pages = _ceil_div(next_page, pad_pages_to) * pad_pages_to
+        assert num_pages == _ceil_div(next_page, pad_pages_to) * pad_pages_to  # pool_pages: this loop's closed form
         width = max(len(row) for row in tables)
         table = np.full((len(tables), width), NULL_PAGE, np.int32)
         for b, row in enumerate(tables):
@@ -99,6 +128,32 @@ class CachePlan:
         cols = np.asarray(writes, np.int32).reshape(-1, 3).T
         return cls(page_size, page_offset, num_samples, tuple(prompt_lengths), max_new_tokens, num_pages, shared,
                    table, cols[0], cols[1], cols[2])
+
+    @staticmethod
+    def pool_pages(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens: int, page_size: int, *,
+                   page_offset: int = 0, pad_pages_to: int = 1) -> int:
+        """The `num_pages` that `for_request` gives the same arguments, in closed form: O(prompts) work, none
+        per sample, so a request can be sized (and refused) before any per-sample structure is built.
+
+        1 (the null page) + per prompt: its full prompt pages once, plus num_samples x its own pages (the partial
+        last prompt page and the generated tokens), rounded up to a multiple of `pad_pages_to`.
+        """
+        if not 0 <= page_offset < page_size:
+            raise ValueError(f"page_offset must be in [0, page_size={page_size}), got {page_offset}")
+        pages = NULL_PAGE + 1
+        for length in prompt_lengths:
+            full = (length + page_offset) // page_size
+            own = _ceil_div(page_offset + length + max_new_tokens - 1, page_size) - full
+            pages += full + num_samples * own
+        return _ceil_div(pages, pad_pages_to) * pad_pages_to
+
+    @staticmethod
+    def pool_bytes(num_pages: int, page_size: int, config: Qwen3Config, dtype: DType, summaries: int) -> int:
+        """Device bytes of a KV cache pool of `num_pages` pages: K, V and `summaries` summary arrays per page
+        (AttentionConfig.summaries: 0, 1 for the mean key, 2 for the Quest min and max), all in `dtype`."""
+        per_page = config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+        return num_pages * page_size * config.kv_bytes_per_token(dtype) + summaries * num_pages * per_page * \
+            np.dtype(dtype).itemsize
 
     @property
     def shared_pages_per_prompt(self) -> np.ndarray:
@@ -125,12 +180,8 @@ class CachePlan:
         return int(np.count_nonzero(np.unique(self.page_table)))
 
     def bytes(self, config: Qwen3Config, dtype: DType, summaries: int) -> int:
-        """Device bytes of the KV cache this plan allocates: K, V and `summaries` summary arrays per page
-        (AttentionConfig.summaries: 0, 1 for the mean key, 2 for the Quest min and max), all in `dtype`."""
-        tokens = self.num_pages * self.page_size
-        per_page = config.num_hidden_layers * config.num_key_value_heads * config.head_dim
-        return tokens * config.kv_bytes_per_token(dtype) + summaries * self.num_pages * per_page * \
-            np.dtype(dtype).itemsize
+        """Device bytes of the KV cache this plan allocates (see pool_bytes)."""
+        return self.pool_bytes(self.num_pages, self.page_size, config, dtype, summaries)
 
 
 def page_summaries(keys: jax.Array, fields: tuple[str, ...]) -> dict[str, jax.Array]:

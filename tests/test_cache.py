@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from kinetics_jax import Qwen3Config
-from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache
+from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache, checked_int
 
 
 def test_prefix_pages_are_shared_across_samples():
@@ -48,6 +50,37 @@ def test_pool_is_sized_from_the_request_and_bytes_counted():
     assert kv >= plan.allocated_pages * 16 * 147_456
     # one bf16 mean key per page, layer and KV head: 1/16 of the K pool at 16-token pages
     assert plan.bytes(config, "bfloat16", summaries=1) - kv == plan.num_pages * 36 * 8 * 128 * 2
+
+
+def test_pool_size_in_closed_form_equals_the_plan():
+    """pool_pages / pool_bytes size a request with no per-sample work (the engine refuses an absurd num_samples
+    with them before building any plan); they must give the plan's own numbers."""
+    config = Qwen3Config.preset("qwen3-8b")
+    for lengths, n, new, ps, offset, pad in itertools.product(([1], [16, 3], [40, 5, 32], [15, 17]), (1, 3),
+                                                              (1, 2, 17), (8, 16), (0, 5), (1, 64)):
+        if offset >= ps:
+            continue
+        plan = CachePlan.for_request(lengths, n, new, ps, page_offset=offset, pad_pages_to=pad)
+        pages = CachePlan.pool_pages(lengths, n, new, ps, page_offset=offset, pad_pages_to=pad)
+        assert pages == plan.num_pages, (lengths, n, new, ps, offset, pad)
+        assert CachePlan.pool_bytes(pages, ps, config, "bfloat16", 2) == plan.bytes(config, "bfloat16", 2)
+    assert CachePlan.pool_pages([100, 7], 10**8, 4, 16) == 1 + 6 + 10**8 * (1 + 1)  # instant, even for 10**8
+
+
+def test_checked_int_takes_any_integral_non_bool():
+    for value in (4, np.int64(4), np.int32(4), np.uint8(4), np.array(4)):
+        out = checked_int(value, "x", minimum=1)
+        assert out == 4 and type(out) is int
+    for value, kind in ((True, "bool"), (np.True_, "bool"), (4.0, "float"), (np.float32(4), "float32"),
+                        ("4", "str"), (None, "NoneType"), (np.array([4]), "ndarray")):
+        with pytest.raises(ValueError, match=f"^x must be an integer >= 1, got .*, a {kind}"):
+            checked_int(value, "x", minimum=1)
+    with pytest.raises(ValueError, match=r"^x must be an integer >= 1 \(why\), got 0$"):
+        checked_int(0, "x", minimum=1, why="why")
+    with pytest.raises(ValueError, match=r"^seed must be an integer in \[0, 4294967295\], got 4294967296$"):
+        checked_int(2**32, "seed", minimum=0, maximum=2**32 - 1)
+    with pytest.raises(ValueError, match=r"^x must be an integer <= 3, got 4$"):
+        checked_int(np.int64(4), "x", maximum=3)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

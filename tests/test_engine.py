@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
+from jax.sharding import AbstractMesh
 
 import kinetics_jax as kj
+from kinetics_jax import distributed
 from kinetics_jax.attention import AttentionConfig
 from kinetics_jax.cache import CachePlan
 from kinetics_jax.sampling import RepetitionStop, SamplingConfig, generate
+from kinetics_jax.sampling import engine
 from kinetics_jax.sampling.engine import decode_step, prefill
 
 GREEDY = SamplingConfig.greedy_config()
@@ -171,3 +179,109 @@ def test_stream_ids_make_samples_independent_of_the_batch(hf_checkpoints):
     np.testing.assert_array_equal(alone.tokens[0], together.tokens[2])
     with pytest.raises(ValueError, match="stream_ids"):
         generate(model, prompts, max_new_tokens=4, stream_ids=[0, 1])
+
+
+# ------------------------------------------------------------------ nothing silently wrong: checks before compute
+TINY = kj.Qwen3Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+TINY_PROMPTS = [[1, 2, 3], [7, 7, 9, 30, 2], [4, 5]]
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> kj.Qwen3ForCausalLM:
+    return kj.Qwen3ForCausalLM(TINY, rngs=nnx.Rngs(0))
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Fails the test (instead of hanging it) if the block runs longer than `seconds`."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_absurd_num_samples_is_refused_from_arithmetic(tiny_model):
+    """num_samples=10**8 used to sit minutes in the per-sample plan loop before the budget check; the cache is
+    now sized in closed form (O(prompts)) and the request refused at once, naming the numbers."""
+    model = tiny_model
+    start = time.perf_counter()
+    with _deadline(5), pytest.raises(ValueError, match=r"100000000 samples x 3 prompts .* need 300000064 KV cache "
+                                                       r"pages of 16 tokens .*iB of KV cache per device; the "
+                                                       r"cache budget is"):
+        generate(model, TINY_PROMPTS, num_samples=10**8, max_new_tokens=4)
+    # under a huge budget, the int32 page ids / rows are the limit
+    with _deadline(5), pytest.raises(ValueError, match=r"3000000000 decode rows; page ids and rows are int32"):
+        generate(model, TINY_PROMPTS, num_samples=10**9, max_new_tokens=4, cache_budget_bytes=2**62)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("lengths,n,new,attention,mesh_shape", [
+    ([11, 20, 3], 3, 40, AttentionConfig(), (1, 1)),
+    ([16, 1, 33, 47], 5, 17, AttentionConfig(kind="block_topk", block_topk=2, sink=4), (2, 1)),
+    ([100, 5, 9], 4, 64, AttentionConfig(kind="block_topk", block_topk=2, score="quest", block_size=8), (4, 2)),
+    ([30, 31], 6, 1, AttentionConfig(block_size=32), (2, 4)),  # "model" 4 > 2 KV heads: copies
+])
+def test_cache_size_closed_form_equals_the_plans(lengths, n, new, attention, mesh_shape, tiny_model):
+    """The arithmetic the budget check uses gives exactly the pages and bytes of the plans it replaces."""
+    model = tiny_model
+    mesh = AbstractMesh(mesh_shape, distributed.MESH_AXES)
+    _, plans = distributed.request_plans(lengths, n, new, attention, mesh_shape[0])
+    pages = engine.cache_pages_per_shard(lengths, n, new, attention, mesh_shape[0])
+    assert pages == max(plan.num_pages for plan in plans)
+    assert engine.kv_cache_bytes_per_device(model, pages, attention, mesh) == distributed.kv_cache_bytes_per_device(
+        plans, TINY, model.dtype, len(attention.summaries), mesh)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_samples=True), r"num_samples must be an integer >= 1, got True, a bool"),
+    (dict(num_samples=2.0), r"num_samples must be an integer >= 1, got 2.0, a float"),
+    (dict(max_new_tokens=np.float64(3)), r"max_new_tokens must be an integer >= 1"),
+    (dict(seed=1.5), r"seed must be an integer in \[0, 4294967295\] .*got 1.5, a float"),
+    (dict(seed=True), r"seed must be an integer .*got True, a bool"),
+    (dict(seed=-1), r"seed must be an integer in \[0, 4294967295\] .*got -1"),
+    (dict(seed=2**32), r"seed must be an integer in \[0, 4294967295\] .*got 4294967296"),
+    (dict(stream_ids=[True, 1, 2]), r"stream_ids\[0\] must be an integer .*got True, a bool"),
+    (dict(stream_ids=np.array([0, 1, 2]) == 1), r"stream_ids\[0\] must be an integer .*a bool"),
+    (dict(stream_ids=[0, 2**32 + 5, 1]), r"stream_ids\[1\] must be an integer in \[0, 4294967295\]"),
+    (dict(stream_ids=[0, -1, 1]), r"stream_ids\[1\]"),
+    (dict(stream_ids=[0.0, 1.0, 2.0]), r"stream_ids\[0\] must be an integer .*a float"),
+    (dict(stream_ids=[0, 1]), r"stream_ids must be 3 integers"),
+    (dict(vocab_size=20.5), r"vocab_size must be an integer in \[1, 32\]"),
+    (dict(eos_token_ids=[1.5]), r"eos_token_ids\[0\] must be an integer"),
+    (dict(eos_token_ids=[32]), r"eos_token_ids\[0\] must be an integer in \[0, 31\]"),
+    (dict(cache_budget_bytes=0), r"cache_budget_bytes must be an integer >= 1"),
+])
+def test_bad_integers_are_refused_before_compute(kwargs, message, tiny_model):
+    """Before, seed=1.5 and seed=True ran as 1, stream id 2**32 + 5 wrapped to 5, a bool stream id passed, and
+    seed=2**31 raised OverflowError inside; every case is now one ValueError naming the argument."""
+    model = tiny_model
+    with _deadline(5), pytest.raises(ValueError, match=message):
+        generate(model, TINY_PROMPTS, **{"max_new_tokens": 3, **kwargs})
+
+
+def test_repetition_stop_fields_follow_the_integer_rule():
+    assert RepetitionStop(block=np.int64(64)) == RepetitionStop() and type(RepetitionStop(np.int32(8)).block) is int
+    with pytest.raises(ValueError, match=r"RepetitionStop.block must be an integer, got 64.0, a float"):
+        RepetitionStop(block=64.0)
+
+
+def test_numpy_integers_and_full_uint32_seeds_are_taken(tiny_model):
+    """np.int64 / np.int32 sizes, seeds and stream ids equal the Python ints; any seed or stream id in
+    [0, 2**32) runs (2**31 overflowed int32 before), and distinct seeds give distinct samples."""
+    model = tiny_model
+    config = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)
+    run = lambda **kw: generate(model, TINY_PROMPTS, sampling=config, **{"num_samples": 2, "max_new_tokens": 6,
+                                                                         "seed": 3, **kw}).tokens
+    plain = run(stream_ids=[5, 6, 7])
+    np.testing.assert_array_equal(run(num_samples=np.int64(2), max_new_tokens=np.int32(6), seed=np.int64(3),
+                                      stream_ids=np.array([5, 6, 7], np.uint64)), plain)
+    high = run(seed=2**31, stream_ids=[5, 6, 2**32 - 1])
+    assert not np.array_equal(high, plain) and not np.array_equal(run(seed=2**32 - 1), run(seed=0))
+    np.testing.assert_array_equal(high, run(seed=np.uint32(2**31), stream_ids=[5, 6, np.uint32(2**32 - 1)]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from kinetics_jax import AttentionConfig
@@ -44,10 +45,30 @@ def test_defaults_and_budgets():
     (dict(dense_layers=(0, 0)), "dense_layers"),
     (dict(dense_layers=(-1,)), "dense_layers"),
     (dict(kind="topk", topk=8, backend="pallas"), "backend"),
+    (dict(kind="block_topk", block_topk=4.0), "block_topk must be an integer >= 1"),
+    (dict(kind="block_topk", block_topk=True), "block_topk must be an integer .*a bool"),
+    (dict(kind="block_topk", block_topk=4, sink=np.float64(4)), "sink must be an integer"),
+    (dict(dense_layers=(0.0,)), "dense_layers must be an integer"),
+    (dict(tile_tokens=np.float32(32)), "tile_tokens must be an integer"),
+    (dict(tile_tokens=8), "tile_tokens must be an integer >= 16"),
+    (dict(tile_tokens=48), "tile_tokens"),
 ])
 def test_bad_fields_are_named(kwargs, field):
     with pytest.raises(ValueError, match=field):
         AttentionConfig(**kwargs)
+
+
+def test_numpy_integers_are_taken_and_stored_as_int():
+    """np.int64(4) used to be refused ("needs a budget >= 1"); it now makes the same config (equal and
+    hash-equal, it is a static jit argument) as 4."""
+    ours = AttentionConfig(kind="block_topk", block_topk=np.int64(4), sink=np.int32(4), local=np.uint8(0),
+                           block_size=np.int64(16), dense_layers=np.array([0, 2]), tile_tokens=np.int64(32))
+    ref = AttentionConfig(kind="block_topk", block_topk=4, sink=4, local=0, block_size=16, dense_layers=(0, 2),
+                          tile_tokens=32)
+    assert ours == ref and hash(ours) == hash(ref) and ours.page_offset == 12
+    assert {type(v) for v in (ours.block_topk, ours.sink, ours.local, ours.block_size, ours.tile_tokens,
+                              *ours.dense_layers)} == {int}
+    assert AttentionConfig(kind="topk", topk=np.int32(8)).topk == 8
 
 
 def test_dense_layers_checked_against_the_model():

@@ -8,7 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from absl import flags as absl_flags
+
 from kinetics_jax.sampling import SamplingConfig, filtered_logits, sample, sample_keys
+from kinetics_jax.sampling import flags as sampling_flags
 
 
 def _reference_kept(logits: np.ndarray, config: SamplingConfig, vocab_size: int) -> np.ndarray:
@@ -97,7 +100,56 @@ def test_row_draws_do_not_depend_on_the_batch():
 
 @pytest.mark.parametrize("kwargs,field", [({"temperature": -0.1}, "temperature"), ({"top_p": 0.0}, "top_p"),
                                           ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
-                                          ({"min_p": 1.0}, "min_p"), ({"top_k": 2.5}, "top_k")])
+                                          ({"min_p": 1.0}, "min_p"), ({"top_k": 2.5}, "top_k"),
+                                          ({"temperature": float("inf")}, "temperature must be finite"),
+                                          ({"temperature": float("nan")}, "temperature must be finite"),
+                                          ({"top_p": float("nan")}, "top_p must be finite"),
+                                          ({"min_p": -float("inf")}, "min_p must be finite"),
+                                          ({"temperature": True}, "temperature must be a real number"),
+                                          ({"top_p": "0.9"}, "top_p must be a real number"),
+                                          ({"top_k": True}, "top_k must be an integer"),
+                                          ({"top_k": np.float64(2)}, "top_k must be an integer")])
 def test_invalid_configs_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SamplingConfig(**kwargs)
+
+
+def test_numpy_numbers_are_stored_as_python_numbers():
+    """np.int64 top_k used to be refused; numpy values now make the same (hash-equal: a static jit argument)
+    config as the Python numbers."""
+    config = SamplingConfig(temperature=np.float32(0.5), top_k=np.int64(5), top_p=np.float64(0.75), min_p=0)
+    assert config == SamplingConfig(temperature=0.5, top_k=5, top_p=0.75, min_p=0.0)
+    assert hash(config) == hash(SamplingConfig(temperature=0.5, top_k=5, top_p=0.75))
+    assert [type(getattr(config, f)) for f in ("temperature", "top_k", "top_p", "min_p")] == [float, int, float,
+                                                                                               float]
+
+
+def test_flags_are_checked_by_sampling_config():
+    """--temperature=inf passed both the flag's lower bound and SamplingConfig; the flags are now checked by
+    SamplingConfig itself when parsed (one home for the rules)."""
+    values = absl_flags.FlagValues()
+    sampling_flags.define_flags(values)
+    values(["prog", "--temperature=1.5", "--top_k=0"])
+    assert sampling_flags.config_from_flags(values) == SamplingConfig(temperature=1.5, top_k=0)
+    for argv, message in ((["--temperature=inf"], "SamplingConfig.temperature must be finite"),
+                          (["--top_p=nan"], "SamplingConfig.top_p must be finite"),
+                          (["--top_k=-1"], "SamplingConfig.top_k must be an integer >= 0"),
+                          (["--temperature=-1"], "SamplingConfig.temperature must be >= 0")):
+        values = absl_flags.FlagValues()
+        sampling_flags.define_flags(values)
+        with pytest.raises(absl_flags.IllegalFlagValueError, match=message):
+            values(["prog"] + argv)
+
+
+def test_keys_read_the_32_bits_of_seed_and_stream():
+    """generate passes a uint32 seed / stream id as the int32 with the same bits (its program takes int32):
+    the keys are those of the uint32 value, and of the plain int below 2**31."""
+    rows = jnp.arange(3)
+    for value in (5, 2**31 + 3, 2**32 - 1):
+        bits = np.asarray(value, np.uint32).view(np.int32)
+        ref = sample_keys(jnp.uint32(value), jnp.full(3, value, jnp.uint32), rows, 2)
+        np.testing.assert_array_equal(jax.random.key_data(sample_keys(bits, jnp.full(3, bits), rows, 2)),
+                                      jax.random.key_data(ref))
+    old = sample_keys(5, jnp.full(3, 5, jnp.int32), rows, 2)  # a seed below 2**31 keeps its keys
+    np.testing.assert_array_equal(jax.random.key_data(old), jax.random.key_data(
+        sample_keys(jnp.uint32(5), jnp.full(3, 5, jnp.uint32), rows, 2)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flax import nnx
 
 import kinetics_jax as kj
@@ -18,6 +19,10 @@ def test_best_of_n_is_n_shared_prompt_samples():
     ref = kj.generate(model, PROMPTS, num_samples=3, max_new_tokens=24, seed=4)
     assert ours.tokens.shape == (2, 3, 24)
     np.testing.assert_array_equal(ours.tokens, ref.tokens)
+    np.testing.assert_array_equal(kj.best_of_n(model, PROMPTS, np.int64(3), max_new_tokens=24, seed=4).tokens,
+                                  ref.tokens)  # a numpy n (e.g. from a sweep array) is the same n
+    with pytest.raises(ValueError, match=r"best_of_n's n must be an integer >= 1, got 2.0, a float"):
+        kj.best_of_n(model, PROMPTS, 2.0, max_new_tokens=24)
 
 
 def test_long_cot_stops_loops_by_default():

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from kinetics_jax.cache import checked_int
+
 KINDS = ("dense", "topk", "block_topk", "sliding_window")
 BACKENDS = ("xla", "pallas")
 SCORES = ("mean", "quest")
@@ -60,15 +62,10 @@ class AttentionConfig:
             raise bad("kind", f"must be one of {KINDS}")
         if self.backend not in BACKENDS:
             raise bad("backend", f"must be one of {BACKENDS}")
-        for field in ("sink", "local", "block_size"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(field, "must be an integer >= 0")
+        self._check_integers()
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise bad("block_size", "must be a power of two (it is also the KV cache page size)")
-        object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
-        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.dense_layers) or len(
-                set(self.dense_layers)) != len(self.dense_layers):
+        if len(set(self.dense_layers)) != len(self.dense_layers):
             raise bad("dense_layers", "must be distinct layer indices >= 0")
         for field, owner in (("topk", "topk"), ("block_topk", "block_topk"), ("score", "block_topk")):
             if getattr(self, field) is not None and self.kind != owner:
@@ -76,22 +73,35 @@ class AttentionConfig:
         if self.kind == "dense" and (self.sink, self.local) != (4, 0):
             raise ValueError(f"AttentionConfig.sink / local do not apply to kind 'dense' "
                              f"(got sink={self.sink}, local={self.local})")
-        if self.kind in ("topk", "block_topk"):
-            budget = getattr(self, self.kind)
-            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-                raise bad(self.kind, f"kind {self.kind!r} needs a budget >= 1 (a budget of 0 attends nothing)")
+        if self.kind in ("topk", "block_topk") and getattr(self, self.kind) is None:
+            raise bad(self.kind, f"kind {self.kind!r} needs a budget >= 1 (a budget of 0 attends nothing)")
         if self.kind == "block_topk":
             object.__setattr__(self, "score", self.score or "mean")
             if self.score not in SCORES:
                 raise bad("score", f"must be one of {SCORES}")
         if self.kind == "sliding_window" and self.local < 1:
             raise bad("local", "kind 'sliding_window' needs local >= 1 (a budget of 0 attends nothing)")
-        if self.tile_tokens is not None and (isinstance(self.tile_tokens, bool) or not isinstance(self.tile_tokens, int)
-                                             or self.tile_tokens < 16 or self.tile_tokens & (self.tile_tokens - 1)):
+        if self.tile_tokens is not None and self.tile_tokens & (self.tile_tokens - 1):
             raise bad("tile_tokens", "must be a power of two >= 16, or None for the kernels' defaults")
         if self.kind == "topk" and self.backend == "pallas":
             raise bad("backend", "kind 'topk' is an oracle that scores every cached key; it has no Pallas kernel, "
                                  "use backend 'xla'")
+
+    def _check_integers(self) -> None:
+        """The integer fields through the package's one integer rule (cache.checked_int: numpy integers are
+        taken and stored as int, bools and floats refused), with their lower bounds."""
+        def store(field: str, value: object) -> None:
+            object.__setattr__(self, field, value)
+
+        for field in ("sink", "local", "block_size"):
+            store(field, checked_int(getattr(self, field), f"AttentionConfig.{field}", minimum=0))
+        budget_why = "a budget of 0 attends nothing"
+        for field, minimum, why in (("topk", 1, budget_why), ("block_topk", 1, budget_why),
+                                    ("tile_tokens", 16, "a power of two >= 16, or None for the kernels' defaults")):
+            if getattr(self, field) is not None:
+                store(field, checked_int(getattr(self, field), f"AttentionConfig.{field}", minimum=minimum, why=why))
+        store("dense_layers", tuple(checked_int(i, "AttentionConfig.dense_layers", minimum=0,
+                                                why="distinct layer indices") for i in self.dense_layers))
 
     @property
     def sparse(self) -> bool:

@@ -19,18 +19,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax.sharding import Mesh
+from jax.sharding import AbstractMesh, Mesh
 
 from kinetics_jax import distributed
 from kinetics_jax.attention import AttentionConfig, decode_attention
-from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache
+from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache, checked_int
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.model.attention import causal_attention
 from kinetics_jax.model.layers import HEAD_DIM, HEADS, KV_HEADS, LAYERS
@@ -38,6 +38,8 @@ from kinetics_jax.sampling.samplers import SamplingConfig, sample, sample_keys
 
 RUNNING, EOS, LENGTH, REPETITION = 0, 1, 2, 3
 FINISH_REASONS = ("running", "eos", "length", "repetition")
+ID_LIMIT = 2**32  # seeds and stream ids are uint32: [0, 2**32)
+INT32_LIMIT = 2**31  # page ids and decode rows are int32 on device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,8 @@ class RepetitionStop:
     window: int = 1024
 
     def __post_init__(self) -> None:
+        for name in ("block", "repeats", "window"):
+            object.__setattr__(self, name, checked_int(getattr(self, name), f"RepetitionStop.{name}"))
         if self.block < 1 or self.window % self.block or not 1 <= self.repeats <= self.window // self.block:
             raise ValueError(f"RepetitionStop needs block >= 1, window a multiple of block and "
                              f"1 <= repeats <= window / block; got {self}")
@@ -262,15 +266,45 @@ def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, pro
 _generate_jit = jax.jit(_generate_impl, static_argnames=("static",))
 
 
-def _validate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
-              vocab_size: int) -> list[np.ndarray]:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1 (a budget of 0 generates nothing), "
-                         f"got {max_new_tokens!r}")
-    if not 1 <= vocab_size <= model.config.vocab_size:
-        raise ValueError(f"vocab_size must be in [1, {model.config.vocab_size}], got {vocab_size}")
+class _Request(NamedTuple):
+    """generate's arguments once checked: Python ints, prompts as int32 arrays, stream ids as uint32[P]."""
+
+    prompts: list[np.ndarray]
+    streams: np.ndarray
+    num_samples: int
+    max_new_tokens: int
+    seed: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    cache_budget_bytes: int | None
+
+
+def _check_request(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, num_samples: object,
+                   max_new_tokens: object, seed: object, vocab_size: object, eos_token_ids: Sequence[object],
+                   stream_ids: Sequence[object] | None, cache_budget_bytes: object) -> _Request:
+    """Every argument of generate that is not a config object, checked (integers by cache.checked_int) with
+    nothing computed or allocated: the request sizes (>= 1), seed and stream ids (uint32), vocab_size, the
+    eos ids and the prompts' token ids (inside the model's vocabulary), prompt + max_new_tokens (within the
+    model's positions)."""
+    vocab = model.config.vocab_size
+    num_samples = checked_int(num_samples, "num_samples", minimum=1)
+    max_new_tokens = checked_int(max_new_tokens, "max_new_tokens", minimum=1, why="a budget of 0 generates nothing")
+    seed = checked_int(seed, "seed", minimum=0, maximum=ID_LIMIT - 1, why="a uint32, see generate")
+    vocab_size = vocab if vocab_size is None else checked_int(vocab_size, "vocab_size", minimum=1, maximum=vocab)
+    eos = tuple(checked_int(e, f"eos_token_ids[{i}]", minimum=0, maximum=vocab - 1, why="the model's vocabulary")
+                for i, e in enumerate(eos_token_ids))
+    if cache_budget_bytes is not None:
+        cache_budget_bytes = checked_int(cache_budget_bytes, "cache_budget_bytes", minimum=1,
+                                         why="None: the default budget")
+    arrays = _check_prompts(prompts, max_new_tokens, model.config.vocab_size, model.config.max_position_embeddings)
+    return _Request(arrays, _stream_ids(stream_ids, len(arrays)), num_samples, max_new_tokens, seed, vocab_size,
+                    eos, cache_budget_bytes)
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, vocab: int, positions: int
+                   ) -> list[np.ndarray]:
+    """The prompts as int32 arrays: each a non-empty flat list of ids in [0, vocab), with room for
+    max_new_tokens within the model's `positions`."""
     if len(prompts) == 0:
         raise ValueError("prompts is empty")
     arrays = []
@@ -280,15 +314,30 @@ def _validate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], num_sam
             raise ValueError(f"prompt {i} is empty or not a flat list of token ids")
         if not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"prompt {i} holds non-integer token ids ({ids.dtype})")
-        bad = ids[(ids < 0) | (ids >= model.config.vocab_size)]
+        bad = ids[(ids < 0) | (ids >= vocab)]
         if bad.size:
-            raise ValueError(f"prompt {i} has token id {int(bad[0])} outside the model's vocabulary "
-                             f"[0, {model.config.vocab_size})")
-        if ids.size + max_new_tokens > model.config.max_position_embeddings:
+            raise ValueError(f"prompt {i} has token id {int(bad[0])} outside the model's vocabulary [0, {vocab})")
+        if ids.size + max_new_tokens > positions:
             raise ValueError(f"prompt {i} ({ids.size} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                             f"model's max_position_embeddings ({model.config.max_position_embeddings})")
+                             f"model's max_position_embeddings ({positions})")
         arrays.append(ids.astype(np.int32))
     return arrays
+
+
+def _stream_ids(stream_ids: Sequence[object] | None, num_prompts: int) -> np.ndarray:
+    """uint32[P]: one PRNG stream id per prompt (default 0 .. P - 1), each an integer in [0, 2**32)."""
+    if stream_ids is None:
+        return np.arange(num_prompts, dtype=np.uint32)
+    if isinstance(stream_ids, (str, bytes)) or not hasattr(stream_ids, "__len__") or len(stream_ids) != num_prompts:
+        raise ValueError(f"stream_ids must be {num_prompts} integers (one per prompt), got {stream_ids!r}")
+    return np.asarray([checked_int(v, f"stream_ids[{i}]", minimum=0, maximum=ID_LIMIT - 1, why="a uint32")
+                       for i, v in enumerate(stream_ids)], np.uint32)
+
+
+def _int32_bits(x: np.ndarray) -> np.ndarray:
+    """uint32 values as the int32 values with the same bits: the program takes int32 inputs, and sample_keys
+    reads only the bits of a seed or stream id."""
+    return np.asarray(x, np.uint32).view(np.int32)
 
 
 def _shard_inputs(plans: list[CachePlan], split: distributed.DataSplit, prompts: list[np.ndarray],
@@ -298,10 +347,11 @@ def _shard_inputs(plans: list[CachePlan], split: distributed.DataSplit, prompts:
     pool.
 
     prompt_ids int32[S * Pl, T] (right-padded to a length bucket), prompt_lengths and shared_pages int32[S * Pl],
-    page_table int32[S * Pl * Nl, W], writes int32[3, S * n] (CachePlan.prefill_writes), row_streams / row_samples int32[S * Pl * Nl] (each row's
-    PRNG stream and global sample index), row_real bool[S * Pl * Nl] (False: a padding prompt's row)."""
+    page_table int32[S * Pl * Nl, W], writes int32[3, S * n] (CachePlan.prefill_writes), row_streams /
+    row_samples int32[S * Pl * Nl] (each row's PRNG stream, its uint32 bits as int32, and global sample index),
+    row_real bool[S * Pl * Nl] (False: a padding prompt's row)."""
     num_prompts = len(prompts)
-    prompts, streams = split.pad(prompts), np.asarray(split.pad(list(streams)))
+    prompts, streams = split.pad(prompts), np.asarray(split.pad(list(streams)), np.uint32)
     prompt_len = _bucket(max(p.size for p in prompts), 16)
     width = _bucket(max(plan.page_table.shape[1] for plan in plans))
     n = _bucket(max(plan.prefill_page.size for plan in plans))
@@ -320,7 +370,7 @@ def _shard_inputs(plans: list[CachePlan], split: distributed.DataSplit, prompts:
         table[:, :plan.page_table.shape[1]] = plan.page_table
         out["page_table"].append(table)
         out["writes"].append(plan.prefill_writes(prompt_len, n))
-        out["row_streams"].append(np.repeat(streams[list(prompt_rows)], len(sample_rows)).astype(np.int32))
+        out["row_streams"].append(_int32_bits(np.repeat(streams[list(prompt_rows)], len(sample_rows))))
         out["row_samples"].append(np.tile(np.asarray(sample_rows, np.int32), len(prompt_rows)))
         out["row_real"].append(np.repeat(np.asarray(prompt_rows) < num_prompts, len(sample_rows)))
     return {k: np.concatenate(v, axis=1 if k == "writes" else 0) for k, v in out.items()}
@@ -356,27 +406,94 @@ class Program:
     split: distributed.DataSplit
 
 
+def cache_pages_per_shard(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens: int,
+                          attention: AttentionConfig, data_shards: int) -> int:
+    """The pool size (pages) of each data shard's cache, as distributed.request_plans would plan it, in closed
+    form: O(prompts), nothing per sample (CachePlan.pool_pages per prompt group; every shard is sized like the
+    largest)."""
+    split = distributed.DataSplit.of(len(prompt_lengths), num_samples, data_shards)
+    padded = split.pad(list(prompt_lengths))
+    return max(CachePlan.pool_pages([padded[i] for i in split.shard_rows(g * split.sample_groups)[0]],
+                                    split.samples_per_shard, max_new_tokens, attention.block_size,
+                                    page_offset=attention.page_offset, pad_pages_to=64)
+               for g in range(split.prompt_groups))
+
+
+def kv_cache_bytes_per_device(model: Qwen3ForCausalLM, pages: int, attention: AttentionConfig,
+                              mesh: Mesh | AbstractMesh) -> int:
+    """Bytes of KV cache each device holds for a pool of `pages` pages per data shard: K, V and the policy's
+    summaries (CachePlan.pool_bytes), its KV heads split over "model" with their copies (the number
+    distributed.kv_cache_bytes_per_device gives for the plans)."""
+    pool = CachePlan.pool_bytes(pages, attention.block_size, model.config, model.dtype, len(attention.summaries))
+    return pool * distributed.kv_replicas(model.config, mesh) // mesh.shape[distributed.MODEL]
+
+
+def _size_text(n: int) -> str:
+    """Bytes for a message: "572.20 GiB", "3.50 MiB", "900 bytes"."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} bytes"
+
+
+def check_cache_fits(model: Qwen3ForCausalLM, prompt_lengths: Sequence[int], num_samples: int,
+                     max_new_tokens: int, attention: AttentionConfig, mesh: Mesh | AbstractMesh,
+                     cache_budget_bytes: int) -> None:
+    """Refuses, from arithmetic alone (O(prompts) work, so an absurd num_samples is refused at once), a request
+    whose KV cache exceeds `cache_budget_bytes` per device, or whose cache pages or decode rows per data shard
+    do not fit the int32 page ids and row indices. Only the KV cache is counted (parameters, logits and the
+    token buffer come on top)."""
+    data = mesh.shape[distributed.DATA]
+    pages = cache_pages_per_shard(prompt_lengths, num_samples, max_new_tokens, attention, data)
+    need = kv_cache_bytes_per_device(model, pages, attention, mesh)
+    what = (f"{num_samples} samples x {len(prompt_lengths)} prompts (up to {max(prompt_lengths)} prompt + "
+            f"{max_new_tokens} new tokens, mesh {dict(mesh.shape)}) need {pages} KV cache pages of "
+            f"{attention.block_size} tokens per data shard")
+    if need > cache_budget_bytes:
+        raise ValueError(f"{what}: {_size_text(need)} of KV cache per device; the cache budget is "
+                         f"{_size_text(cache_budget_bytes)} per device (cache_budget_bytes; default: free device "
+                         f"memory, or half the host RAM)")
+    split = distributed.DataSplit.of(len(prompt_lengths), num_samples, data)
+    rows = split.prompts_per_shard * split.samples_per_shard
+    if pages >= INT32_LIMIT or rows >= INT32_LIMIT:
+        raise ValueError(f"{what} and {rows} decode rows; page ids and rows are int32, so each must be below "
+                         f"2**31 = {INT32_LIMIT}")
+
+
 def prepare(model: Qwen3ForCausalLM, prompts: list[np.ndarray], streams: np.ndarray, *, num_samples: int,
             max_new_tokens: int, sampling: SamplingConfig, attention: AttentionConfig,
             eos_token_ids: Sequence[int], vocab_size: int, repetition: RepetitionStop | None,
             cache_budget_bytes: int, mesh: Mesh) -> Program:
-    """Plans a validated request (prompts int32 arrays, one PRNG stream each) on `mesh`: cache plans per data
-    shard, the KV cache refused before any compute if it exceeds `cache_budget_bytes` per device, and the host
-    inputs of `_generate_jit`. The model may be abstract (compile-only planning)."""
+    """Plans a validated request (prompts int32 arrays, one PRNG stream each: uint32 ids) on `mesh`: the KV
+    cache sized from arithmetic and refused (check_cache_fits) before anything per sample is built, then the
+    cache plans per data shard and the host inputs of `_generate_jit`. The model may be abstract (compile-only
+    planning)."""
     attention.check_layers(model.config.num_hidden_layers)
     distributed.check_mesh(model.config, mesh)
-    split, plans = distributed.request_plans([a.size for a in prompts], num_samples, max_new_tokens, attention,
+    lengths = [a.size for a in prompts]
+    check_cache_fits(model, lengths, num_samples, max_new_tokens, attention, mesh, cache_budget_bytes)
+    split, plans = distributed.request_plans(lengths, num_samples, max_new_tokens, attention,
                                              mesh.shape[distributed.DATA])
-    need = distributed.kv_cache_bytes_per_device(plans, model.config, model.dtype, len(attention.summaries),
-                                                mesh)
-    if need > cache_budget_bytes:
-        raise ValueError(f"request needs {need / 2**30:.2f} GiB of KV cache per device ({len(prompts)} prompts x "
-                         f"{num_samples} samples, {max(a.size for a in prompts)} + {max_new_tokens} tokens, "
-                         f"mesh {dict(mesh.shape)}) but the budget is {cache_budget_bytes / 2**30:.2f} GiB")
     static = _Static(nnx.graphdef(model), mesh, sampling, attention, split.samples_per_shard,
                      _bucket(max_new_tokens), split.shards * max(plan.num_pages for plan in plans),
                      tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
     return Program(static, _shard_inputs(plans, split, prompts, streams), split)
+
+
+def check(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, num_samples: int = 1,
+          attention: AttentionConfig = AttentionConfig(), seed: int = 0, eos_token_ids: Sequence[int] = (),
+          vocab_size: int | None = None, cache_budget_bytes: int | None = None,
+          stream_ids: Sequence[int] | None = None, mesh: Mesh | None = None) -> None:
+    """Raises the ValueError that `generate` with these arguments would raise before any compute, computing
+    nothing: a script checks every batch of a job with it before the first one runs. The model may be abstract."""
+    r = _check_request(model, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed,
+                       vocab_size=vocab_size, eos_token_ids=eos_token_ids, stream_ids=stream_ids,
+                       cache_budget_bytes=cache_budget_bytes)
+    mesh = distributed.local_mesh() if mesh is None else mesh
+    attention.check_layers(model.config.num_hidden_layers)
+    distributed.check_mesh(model.config, mesh)
+    budget = _memory_budget() if r.cache_budget_bytes is None else r.cache_budget_bytes
+    check_cache_fits(model, [a.size for a in r.prompts], r.num_samples, r.max_new_tokens, attention, mesh, budget)
 
 
 def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -394,27 +511,34 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     P - 1), so it does not change when N changes; give each prompt a fixed stream id (e.g. its index in a
     dataset) and its samples do not depend on which batch it is decoded in either. The cache is sized from the
     request; a request over `cache_budget_bytes` per device (default: free device memory, or half the host RAM)
-    is refused before any compute.
+    is refused before any compute, from arithmetic (no per-sample work: an absurd num_samples is refused at once).
+
+    Integer arguments (num_samples, max_new_tokens, seed, stream_ids, vocab_size, eos_token_ids,
+    cache_budget_bytes) may be Python or numpy integers; bools and floats (even 4.0) are refused. `seed` and
+    each stream id are uint32: any integer in [0, 2**32); the key is jax.random.key(seed), so a seed below 2**31
+    gives the samples it always gave. Negative seeds and ids are refused rather than wrapped (seed -1 would
+    alias 2**32 - 1). Every argument is checked, with a ValueError naming it, before anything is compiled or
+    allocated.
 
     `mesh` (distributed.make_mesh; default: this process's first device) spreads the request: parameters and KV
     heads over "model", prompts and samples over "data" (see distributed.DataSplit). The parameters are placed on
     the mesh for the call (no copy when the model was loaded or sharded onto it). Every process of a multi-host
     run calls generate with the same arguments and gets the whole result.
     """
-    vocab_size = model.config.vocab_size if vocab_size is None else vocab_size
-    arrays = _validate(model, prompts, num_samples, max_new_tokens, vocab_size)
-    streams = np.arange(len(arrays)) if stream_ids is None else np.asarray(stream_ids)
-    if streams.shape != (len(arrays),) or not np.issubdtype(streams.dtype, np.integer) or (streams < 0).any():
-        raise ValueError(f"stream_ids must be {len(arrays)} integers >= 0 (one per prompt), got {stream_ids!r}")
+    r = _check_request(model, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed,
+                       vocab_size=vocab_size, eos_token_ids=eos_token_ids, stream_ids=stream_ids,
+                       cache_budget_bytes=cache_budget_bytes)
+    arrays, max_new_tokens = r.prompts, r.max_new_tokens
     mesh = distributed.local_mesh() if mesh is None else mesh
-    program = prepare(model, arrays, streams, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                      sampling=sampling, attention=attention, eos_token_ids=eos_token_ids, vocab_size=vocab_size,
-                      repetition=repetition, cache_budget_bytes=cache_budget_bytes or _memory_budget(), mesh=mesh)
+    budget = _memory_budget() if r.cache_budget_bytes is None else r.cache_budget_bytes
+    program = prepare(model, arrays, r.streams, num_samples=r.num_samples, max_new_tokens=max_new_tokens,
+                      sampling=sampling, attention=attention, eos_token_ids=r.eos_token_ids,
+                      vocab_size=r.vocab_size, repetition=repetition, cache_budget_bytes=budget, mesh=mesh)
     arg = {name: distributed.put(value, INPUT_AXES[name], mesh) for name, value in program.inputs.items()}
-    scalar = lambda x: distributed.put(np.int32(x), None, mesh)
+    scalar = lambda x: distributed.put(np.asarray(x, np.int32), None, mesh)
     tokens, generated, reason, attended, steps = _generate_jit(
         program.static, distributed.place_params(model, mesh), **arg, max_new_tokens=scalar(max_new_tokens),
-        seed=scalar(seed))
+        seed=scalar(_int32_bits(r.seed)))
     order = _result_rows(program.split, len(arrays))  # [P, N] -> row of the sharded batch
     tokens, generated, reason = (np.asarray(x)[order] for x in (tokens, generated, reason))
     return GenerationResult(

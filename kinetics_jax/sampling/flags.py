@@ -2,27 +2,44 @@
 
     --temperature=0.6 --top_p=0.95 --top_k=20 --min_p=0
 
-Call `define_flags()` at import time of a script, and `config_from_flags()` in main (a bad value raises
-ValueError naming it).
+Call `define_flags()` at import time of a script, and `config_from_flags()` in main. The values are checked by
+SamplingConfig itself, the one home of the rules: when the flags are parsed, a bad value (--temperature=inf,
+--top_p=0) stops the script with SamplingConfig's message naming it, and config_from_flags raises that
+ValueError for a value set badly after parsing.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from absl import flags
 
 from kinetics_jax.sampling.samplers import SamplingConfig
 
 FLAGS = flags.FLAGS
+NAMES = ("temperature", "top_k", "top_p", "min_p")  # flag name = SamplingConfig field
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the sampler flags, checked together by SamplingConfig when parsed."""
     defaults = SamplingConfig()
-    flags.DEFINE_float("temperature", defaults.temperature, "Sampling temperature (< 0.02: greedy).",
-                       lower_bound=0.0)
-    flags.DEFINE_float("top_p", defaults.top_p, "Nucleus mass in (0, 1] (1: off).")
-    flags.DEFINE_integer("top_k", defaults.top_k, "Top-k (0: off).", lower_bound=0)
-    flags.DEFINE_float("min_p", defaults.min_p, "Min-p in [0, 1) (0: off).")
+    flags.DEFINE_float("temperature", defaults.temperature, "Sampling temperature >= 0 (< 0.02: greedy).",
+                       flag_values=flag_values)
+    flags.DEFINE_integer("top_k", defaults.top_k, "Top-k >= 0 (0: off).", flag_values=flag_values)
+    flags.DEFINE_float("top_p", defaults.top_p, "Nucleus mass in (0, 1] (1: off).", flag_values=flag_values)
+    flags.DEFINE_float("min_p", defaults.min_p, "Min-p in [0, 1) (0: off).", flag_values=flag_values)
+    flags.register_multi_flags_validator(list(NAMES), _check, flag_values=flag_values)
 
 
-def config_from_flags() -> SamplingConfig:
-    return SamplingConfig(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p, min_p=FLAGS.min_p)
+def _check(values: dict[str, Any]) -> bool:
+    """absl validator: the flag values make a SamplingConfig (its ValueError becomes the parse error)."""
+    try:
+        SamplingConfig(**values)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from e
+    return True
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> SamplingConfig:
+    """The SamplingConfig the flags describe (ValueError naming a bad field)."""
+    return SamplingConfig(**{name: flag_values[name].value for name in NAMES})

@@ -13,17 +13,37 @@ token already has probability 0), so no full-vocabulary sort happens per step.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from kinetics_jax.cache import checked_int
 
 GREEDY_BELOW = 0.02  # temperatures below this decode greedily (Kinetics convention)
+
+
+def checked_float(value: object, name: str) -> float:
+    """`value` as a finite Python float, or ValueError naming `name`: any real number that is not a bool (int,
+    float, numpy floats and integers) is taken; NaN and +-inf (which pass or dodge range checks), bools,
+    strings and None are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}, a {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return number
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     """temperature >= 0 (< 0.02: greedy); top_k >= 0 (0: off); top_p in (0, 1] (1: off); min_p in [0, 1) (0: off).
 
+    The floats must be finite real numbers (NaN and inf are refused) and are stored as float; top_k follows the
+    package's integer rule (cache.checked_int: numpy integers taken and stored as int, bools and floats
+    refused). This is the one place these rules live: the absl flags (sampling/flags.py) are checked by it.
     Defaults are the Kinetics evaluation settings: T = 0.6, top_p = 0.95, top_k = 20.
     """
 
@@ -33,10 +53,12 @@ class SamplingConfig:
     min_p: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "min_p"):
+            object.__setattr__(self, name, checked_float(getattr(self, name), f"SamplingConfig.{name}"))
+        object.__setattr__(self, "top_k", checked_int(self.top_k, "SamplingConfig.top_k", minimum=0,
+                                                      why="0 disables it"))
         if not self.temperature >= 0:
             raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"SamplingConfig.top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p < 1:
@@ -105,7 +127,10 @@ def sample(logits: jax.Array, keys: jax.Array, config: SamplingConfig, vocab_siz
 
 def sample_keys(seed: int, prompt_ids: jax.Array, sample_ids: jax.Array, step: jax.Array | int) -> jax.Array:
     """One PRNG key per row from (seed, prompt index, sample index, step): a sample's stream is independent of
-    how many prompts or samples share its batch. prompt_ids, sample_ids: int[B]. Returns keys [B]."""
+    how many prompts or samples share its batch. prompt_ids, sample_ids: int[B]. Returns keys [B].
+
+    Only the 32 bits of the seed and of each id matter: a uint32 value passed as the int32 with the same bits
+    (what generate does, its program takes int32) gives the same keys as the uint32 itself."""
     base = jax.random.key(seed)
 
     def one(p: jax.Array, s: jax.Array) -> jax.Array:

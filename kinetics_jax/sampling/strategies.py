@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from kinetics_jax.cache import checked_int
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.sampling.engine import GenerationResult, RepetitionStop, generate
 
 
 def best_of_n(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], n: int, *, max_new_tokens: int,
               **kwargs: Any) -> GenerationResult:
-    """`n` samples of every prompt, sharing its prompt KV. Other keyword arguments go to `generate`."""
+    """`n` samples of every prompt (an integer >= 1, numpy integers too), sharing its prompt KV. Other keyword
+    arguments go to `generate`."""
+    n = checked_int(n, "best_of_n's n", minimum=1)
     return generate(model, prompts, num_samples=n, max_new_tokens=max_new_tokens, **kwargs)
 
 
