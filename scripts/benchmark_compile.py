@@ -11,16 +11,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 import kinetics_jax as kj
+from kinetics_jax import cli
 
 _PRESET = flags.DEFINE_enum("preset", "qwen3-0.6b", kj.Qwen3Config.preset_names(), "Model shape to compile.")
-_LAYERS = flags.DEFINE_list("layers", ["4", "28"], "Depths to compare.")
+_LAYERS = cli.define_int_list("layers", [4, 28], "Depths to compare.")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Sequence length of the compiled forward.", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute and parameter dtype.")
 
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> None:
     dtype = jnp.dtype(_DTYPE.value)
     compile_seconds(dataclasses.replace(base, num_hidden_layers=1), _SEQ_LEN.value, dtype)  # warm-up
     rows = []
-    for layers in (int(n) for n in _LAYERS.value):
+    for layers in cli.int_list(_LAYERS):
         lower, comp = compile_seconds(dataclasses.replace(base, num_hidden_layers=layers), _SEQ_LEN.value, dtype)
         rows.append((layers, lower, comp))
     print(f"\n{_PRESET.value} forward, seq_len {_SEQ_LEN.value}, {_DTYPE.value}, backend {jax.default_backend()}")
@@ -59,4 +60,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -28,7 +28,7 @@ import statistics
 import time
 from typing import Callable
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 import kinetics_jax as kj
+from kinetics_jax import cli
 from kinetics_jax.attention import decode_attention
 from kinetics_jax.cache import KVCache, page_summaries
 from kinetics_jax.cost import analytic
@@ -50,17 +51,18 @@ _MODE = flags.DEFINE_enum("mode", "attention", ["attention", "model", "transform
 _SHAPE = flags.DEFINE_enum("shape", "qwen3-8b", ("tiny",) + kj.Qwen3Config.preset_names(), "Model / head shapes.")
 _LAYERS = flags.DEFINE_integer("layers", None, "Override the number of layers (model, transformers modes).",
                                lower_bound=1)
-_BATCH = flags.DEFINE_list("batch", ["1", "16"], "Batch sizes (sequences decoded together).")
-_CONTEXT = flags.DEFINE_list("context", ["4096", "16384"], "Cached tokens per sequence (attention, model).")
+_BATCH = cli.define_int_list("batch", [1, 16], "Batch sizes (sequences decoded together).")
+_CONTEXT = cli.define_int_list("context", [4096, 16384], "Cached tokens per sequence (attention, model).")
 _ATTENTION = flags.DEFINE_list("attention", ["dense-xla", "block_topk-xla-1024"], "Attention variants.")
-_DENSE_LAYERS = flags.DEFINE_list("dense_layers", ["0"], "Layers kept dense by sparse variants (model mode).")
+_DENSE_LAYERS = cli.define_int_list("dense_layers", [0], "Layers kept dense by sparse variants (model mode).",
+                                     lower_bound=0)
 _STEPS = flags.DEFINE_integer("steps", 8, "Decode steps per timed run.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per point (median reported).", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Compute, parameter and cache dtype.")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens per sequence (transformers mode).",
                                    lower_bound=1)
 _NEW = flags.DEFINE_integer("new_tokens", 128, "Generated tokens per sequence (transformers mode).", lower_bound=2)
-_BUDGETS = flags.DEFINE_list("budgets", ["256", "512", "2048"], "max_new_tokens values (capacity mode).")
+_BUDGETS = cli.define_int_list("budgets", [256, 512, 2048], "max_new_tokens values (capacity mode).")
 _PROMPTS = flags.DEFINE_integer("prompts", 32, "Prompts (capacity mode).", lower_bound=1)
 _SAMPLES = flags.DEFINE_integer("samples", 8, "Samples per prompt (capacity mode).", lower_bound=1)
 
@@ -223,7 +225,7 @@ def _device() -> str:
 def _sweep() -> None:
     """--mode=attention / model: one table row per (context, batch, variant)."""
     config, dtype = _config(), jnp.dtype(_DTYPE.value)
-    dense_layers = tuple(int(i) for i in _DENSE_LAYERS.value)
+    dense_layers = tuple(cli.int_list(_DENSE_LAYERS))
     variants = [Variant.parse(spec, dense_layers) for spec in _ATTENTION.value]
     model_mode = _MODE.value == "model"
     if model_mode and any(v.config is None for v in variants):
@@ -231,8 +233,8 @@ def _sweep() -> None:
     model = (kj.Qwen3ForCausalLM(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)) if model_mode else None)
     unit = "tok/s" if model_mode else "GB/s"
     rows = []
-    for context in (int(c) for c in _CONTEXT.value):
-        for batch in (int(b) for b in _BATCH.value):
+    for context in cli.int_list(_CONTEXT):
+        for batch in cli.int_list(_BATCH):
             base = None
             for variant in variants:
                 why = variant.unavailable()
@@ -273,7 +275,7 @@ def _transformers_comparison() -> None:
     hf_model = HFModel(hf_config).to(getattr(torch, dtype)).eval()
     new = _NEW.value
     rows = []
-    for batch in (int(b) for b in _BATCH.value):
+    for batch in cli.int_list(_BATCH):
         prompts = np.random.default_rng(batch).integers(0, config.vocab_size, (batch, _PROMPT_LEN.value))
 
         def ours():
@@ -313,7 +315,7 @@ def _capacity() -> None:
     attention = dataclasses.replace(Variant.parse(_ATTENTION.value[0], ()).config, dense_layers=())
     sampling = kj.SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)
     rows, reference = [], None
-    for budget in (int(b) for b in _BUDGETS.value):
+    for budget in cli.int_list(_BUDGETS):
         def run():
             return kj.generate(model, prompts, num_samples=_SAMPLES.value, max_new_tokens=budget, sampling=sampling,
                                attention=attention, eos_token_ids=tuple(range(8)), seed=1)
@@ -346,4 +348,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -24,9 +24,10 @@ for _key, _value in (("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_ACCELERATOR_TY
                      ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
     os.environ.setdefault(_key, _value)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 import kinetics_jax as kj  # noqa: E402
+from kinetics_jax import cli  # noqa: E402
 from kinetics_jax import distributed  # noqa: E402
 from kinetics_jax.attention import flags as attention_flags  # noqa: E402
 from kinetics_jax.cost import compiled, targets  # noqa: E402
@@ -125,4 +126,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,17 +9,18 @@ compares its logits with the source checkpoint on a random batch.
 
 from __future__ import annotations
 
+import errno
 import logging as pylogging
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import kinetics_jax as kj
+from kinetics_jax import cli
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory (config.json + safetensors).",
                               required=True)
@@ -28,6 +29,10 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["bfloat16", "float16", "float32"],
                            "Cast parameters to this dtype (default: keep the stored dtype).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output_dir.")
 _VERIFY = flags.DEFINE_bool("verify", False, "Reload the output and compare logits with the source checkpoint.")
+
+
+# I/O errors that a rerun cannot fix (the others, e.g. a full disk or a failing network file system, can).
+_PERMANENT = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
 
 
 def _verify(hf_dir: str, out_dir: str) -> float:
@@ -50,12 +55,10 @@ def main(argv: list[str]) -> int:
     try:
         kj.convert_hf_checkpoint(_HF_DIR.value, _OUTPUT_DIR.value, dtype=_DTYPE.value,
                                  overwrite=_OVERWRITE.value, progress=True)
-    except (kj.CheckpointError, ValueError, FileExistsError) as e:
-        logging.error("conversion failed: %s", e)
-        return 1
     except OSError as e:
-        logging.error("conversion interrupted: %s; rerun the same command to resume", e)
-        return 1
+        if e.errno in _PERMANENT:  # rerunning cannot help: the one-line report names the path
+            raise
+        cli.fail(f"conversion interrupted ({e}); the finished layers are kept: rerun the same command to resume")
     logging.info("wrote %s", _OUTPUT_DIR.value)
     if _VERIFY.value:
         diff = _verify(_HF_DIR.value, _OUTPUT_DIR.value)
@@ -64,4 +67,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -21,18 +21,17 @@ achieved FLOP/s and bytes/s of the analytic counts for that checkpoint's model.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import kinetics_jax as kj
-from kinetics_jax import cost
+from kinetics_jax import cli, cost
 from kinetics_jax.attention import flags as attention_flags
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
@@ -150,13 +149,19 @@ def _xla_beside_analytic(config: kj.Qwen3Config) -> None:
 def _price_results(config: kj.Qwen3Config, name: str) -> None:
     """One row per prompt of a generate.py jsonl: Best-of-N cost (mean over its samples' lengths)."""
     groups: dict[int, list[dict]] = collections.defaultdict(list)
-    with open(_RESULTS.value) as f:
+    with open(_RESULTS.value, "rb") as f:
         for number, line in enumerate(f, 1):
-            try:
+            if not line.strip():
+                continue
+            try:  # JSON (UTF-8) holding an object with the fields priced below
                 record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise TypeError(f"a JSON {type(record).__name__}, not an object")
+                int(record["length"]), int(record["prompt_length"])
                 groups[int(record["prompt_index"])].append(record)
-            except (json.JSONDecodeError, KeyError, ValueError) as e:
-                raise ValueError(f"{_RESULTS.value}:{number}: not a generate.py record ({e})") from None
+            except (ValueError, KeyError, TypeError) as e:
+                why = f"no field {e}" if isinstance(e, KeyError) else e
+                raise ValueError(f"{_RESULTS.value}:{number}: not a generate.py record ({why})") from None
     if not groups:
         raise ValueError(f"{_RESULTS.value} holds no records")
     print(f"\n{name}: {len(groups)} prompts from {_RESULTS.value}, priced on {_HARDWARE.value}")
@@ -181,15 +186,12 @@ def _price_results(config: kj.Qwen3Config, name: str) -> None:
 def main(argv: list[str]) -> None:
     del argv
     logging.info("process %d of %d, backend %s", jax.process_index(), jax.process_count(), jax.default_backend())
-    try:
-        config = _config(_CONFIG.value)
-        if _RESULTS.value:
-            _price_results(config, _CONFIG.value)
-        else:
-            _table(config, _CONFIG.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    config = _config(_CONFIG.value)
+    if _RESULTS.value:
+        _price_results(config, _CONFIG.value)
+    else:
+        _table(config, _CONFIG.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

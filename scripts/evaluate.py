@@ -20,23 +20,25 @@ those of a single-host run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 import kinetics_jax as kj
-from kinetics_jax import cost
+from kinetics_jax import cli, cost, outputs
 from kinetics_jax import distributed_flags
 from kinetics_jax.attention import flags as attention_flags
+from kinetics_jax.sampling import engine
 from kinetics_jax.sampling import flags as sampling_flags
+from kinetics_jax.checkpoint import shipped
 from kinetics_jax.eval import datasets, grading, metrics, results
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
@@ -53,6 +55,8 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Samples per problem (N)."
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 4096, "Generation budget per sample.", lower_bound=1)
 _BUDGETS = flags.DEFINE_list("truncation_budgets", None, "Token budgets at which traces are re-graded "
                              "(default: 2048, 4096, ... below --max_new_tokens).")
+_SKIP_OVERLONG = flags.DEFINE_bool("skip_overlong", False, "Skip (and list in the summary) the problems whose prompt "
+                                   "+ --max_new_tokens exceed the model's context, instead of refusing the run.")
 _BATCH = flags.DEFINE_integer("problems_per_batch", 4, "Problems decoded together (x N sequences).",
                               lower_bound=1)
 sampling_flags.define_flags()
@@ -136,71 +140,94 @@ def _summary(records: list[dict], model: kj.Qwen3ForCausalLM, attention: kj.Atte
 
 def _write_csv(path: str, rows: list[dict]) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path + ".tmp", "w", newline="") as f:
+    with outputs.replacing(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(path + ".tmp", path)
 
 
 def _write_json(path: str, data: dict) -> None:
-    with open(path + ".tmp", "w") as f:
+    with outputs.replacing(path) as f:
         json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
+
+
+def _fitting(problems: list[datasets.Problem], prompts: list[list[int]], max_position_embeddings: int
+             ) -> tuple[list[int], list[str]]:
+    """The indices of the problems whose prompt + --max_new_tokens fit the model's context, and the ids of the
+    others; without --skip_overlong the first of those is refused, naming it (before any compute)."""
+    keep, skipped = [], []
+    for i, (problem, prompt) in enumerate(zip(problems, prompts)):
+        if len(prompt) + _MAX_NEW.value <= max_position_embeddings:
+            keep.append(i)
+            continue
+        why = (f"problem {problem.id!r}: its prompt ({len(prompt)} tokens) + --max_new_tokens ({_MAX_NEW.value}) "
+               f"exceeds the model's max_position_embeddings ({max_position_embeddings})")
+        if not _SKIP_OVERLONG.value:
+            raise ValueError(why + "; lower --max_new_tokens or pass --skip_overlong")
+        logging.warning("skipping %s", why)
+        skipped.append(problem.id)
+    return keep, skipped
 
 
 def main(argv: list[str]) -> int:
     del argv
-    try:
-        mesh = distributed_flags.mesh_from_flags()
-        if not _DATASET_PATH.value:
-            raise ValueError("give --dataset_path (a local .jsonl or .parquet of the dataset)")
-        sampling = sampling_flags.config_from_flags()
-        attention = attention_flags.config_from_flags()
-        budgets = _budgets()
-        problems = datasets.load_problems(_DATASET_PATH.value, _DATASET.value)[:_LIMIT.value]
-        # Process 0 owns the results file; the others learn from it which problems are left.
-        writer = kj.distributed.is_writer()
-        store = results.ResultsStore(_OUTPUT.value, _run_config(attention, sampling, budgets)) if writer else None
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value), mesh=mesh)
+    mesh = distributed_flags.mesh_from_flags()
+    if not _DATASET_PATH.value:
+        raise ValueError("give --dataset_path (a local .jsonl or .parquet of the dataset)")
+    sampling = sampling_flags.config_from_flags()
+    attention = attention_flags.config_from_flags()
+    budgets = _budgets()
+    problems = datasets.load_problems(_DATASET_PATH.value, _DATASET.value)[:_LIMIT.value]
+    # Every problem is checked against the context before the weights are loaded.
     tokenizer = kj.Tokenizer.from_dir(_CHECKPOINT.value)
-    name = _MODEL_NAME.value or os.path.basename(os.path.normpath(_CHECKPOINT.value))
-    n = _NUM_SAMPLES.value
-    finished = np.asarray([writer and all(store.done(p.id, s) for s in range(n)) for p in problems], bool)
-    finished = kj.distributed.broadcast(finished)  # every process must decode the same batches
-    todo = [(i, p) for i, p in enumerate(problems) if not finished[i]]
-    logging.info("%d problems, %d already done, %d to go; writing %s", len(problems), len(problems) - len(todo),
-                 len(todo), _OUTPUT.value)
-    done = store.records if writer else []
-    bar = tqdm(total=len(problems) * n, initial=len(done), unit="sample", desc=f"{name} {_DATASET.value}",
-               disable=not writer)
-    correct = sum(r["correct"] for r in done)
-    for first in range(0, len(todo), _BATCH.value):
-        batch = todo[first:first + _BATCH.value]
-        prompts = [datasets.prompt_ids(p, tokenizer, enable_thinking=_THINKING.value) for _, p in batch]
-        result = kj.generate(model, prompts, num_samples=n, max_new_tokens=_MAX_NEW.value, sampling=sampling,
-                             attention=attention, seed=_SEED.value, eos_token_ids=tokenizer.eos_token_ids,
-                             vocab_size=tokenizer.vocab_size, stream_ids=[i for i, _ in batch],
-                             repetition=kj.RepetitionStop() if _STRATEGY.value == "long_cot" else None,
-                             mesh=mesh)
+    config = kj.Qwen3Config.from_hf_config(shipped.resolve(_CHECKPOINT.value))
+    prompts = [datasets.prompt_ids(p, tokenizer, enable_thinking=_THINKING.value) for p in problems]
+    keep, skipped = _fitting(problems, prompts, config.max_position_embeddings)
+    # Process 0 owns the results file (locked while it runs); the others learn from it which problems are left.
+    writer = kj.distributed.is_writer()
+    with (results.ResultsStore(_OUTPUT.value, _run_config(attention, sampling, budgets)) if writer
+          else contextlib.nullcontext()) as store:
+        model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value), mesh=mesh)
+        name = _MODEL_NAME.value or os.path.basename(os.path.normpath(_CHECKPOINT.value))
+        n = _NUM_SAMPLES.value
+        finished = np.asarray([writer and all(store.done(problems[i].id, s) for s in range(n)) for i in keep],
+                              bool)
+        finished = kj.distributed.broadcast(finished)  # every process must decode the same batches
+        todo = [i for i, f in zip(keep, finished) if not f]
+        logging.info("%d problems, %d already done, %d to go, %d skipped; writing %s", len(problems),
+                     len(keep) - len(todo), len(todo), len(skipped), _OUTPUT.value)
+        def request(batch: list[int]) -> dict:
+            return dict(prompts=[prompts[i] for i in batch], num_samples=n, max_new_tokens=_MAX_NEW.value,
+                        attention=attention, seed=_SEED.value, eos_token_ids=tokenizer.eos_token_ids,
+                        vocab_size=tokenizer.vocab_size, stream_ids=batch, mesh=mesh)
+
+        batches = [todo[first:first + _BATCH.value] for first in range(0, len(todo), _BATCH.value)]
+        for batch in batches:  # every batch is checked before the first one runs
+            engine.check(model, **request(batch))
+        done = store.records if writer else []
+        bar = tqdm(total=len(keep) * n, initial=len(done), unit="sample", desc=f"{name} {_DATASET.value}",
+                   disable=not writer)
+        correct = sum(r["correct"] for r in done)
+        for batch in batches:
+            result = kj.generate(model, **request(batch), sampling=sampling,
+                                 repetition=kj.RepetitionStop() if _STRATEGY.value == "long_cot" else None)
+            if not writer:
+                continue
+            new = []
+            for p, i in enumerate(batch):
+                rows = _records(problems[i], len(prompts[i]), result, p, tokenizer, model, name, attention,
+                                budgets)
+                new += [r for r in rows if not store.done(problems[i].id, r["sample_index"])]
+            store.append(new)
+            correct += sum(r["correct"] for r in new)
+            bar.update(len(new))
+            bar.set_postfix(accuracy=f"{correct / max(bar.n, 1):.3f}")
+        bar.close()
         if not writer:
-            continue
-        new = []
-        for p, ((_, problem), prompt) in enumerate(zip(batch, prompts)):
-            rows = _records(problem, len(prompt), result, p, tokenizer, model, name, attention, budgets)
-            new += [r for r in rows if not store.done(problem.id, r["sample_index"])]
-        store.append(new)
-        correct += sum(r["correct"] for r in new)
-        bar.update(len(new))
-        bar.set_postfix(accuracy=f"{correct / max(bar.n, 1):.3f}")
-    bar.close()
-    if not writer:
-        return 0
-    summary = _summary(store.records, model, attention)
-    _write_json(_OUTPUT.value + ".summary.json", summary)
-    _write_csv(_OUTPUT.value + ".per_query.csv", metrics.per_query_table(store.records))
+            return 0
+        summary = {**_summary(store.records, model, attention), "skipped_problems": skipped}
+        _write_json(_OUTPUT.value + ".summary.json", summary)
+        _write_csv(_OUTPUT.value + ".per_query.csv", metrics.per_query_table(store.records))
     print(f"\n{name} on {_DATASET.value} ({summary['problems']} problems x {n} samples, {_STRATEGY.value}, "
           f"{attention.describe()}):")
     for key, value in summary.items():
@@ -209,4 +236,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -9,7 +9,10 @@ With no --checkpoint it runs on the embedded tiny checkpoint (random weights: th
 chat template (thinking on by default) when its tokenizer has one. Each output line is one (prompt, sample):
 {"prompt_index", "sample_index", "prompt", "prompt_length", "text", "token_ids", "length", "finish_reason",
 "attention"} (prompt_length in tokens, chat template included; attention: the AttentionConfig fields); the file
-is written to a temporary path and renamed when complete.
+is written to a unique temporary path and renamed when complete. The prompts, the flags and the output path are
+checked before the model is loaded, and the output is locked until it is in place: a second generate.py writing
+the same --output is refused. Prompt i draws from random stream i (its index in the input), so its samples do
+not depend on --prompts_per_batch.
 
 On several devices or hosts add --mesh_shape=data,model (and, for an explicit multi-process start,
 --coordinator_address / --num_processes / --process_id); every process runs the same command and process 0
@@ -18,20 +21,21 @@ writes the output (see README "Running on a pod").
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jax.numpy as jnp
 from tqdm import tqdm
 
 import kinetics_jax as kj
-from kinetics_jax import distributed_flags
+from kinetics_jax import cli, distributed_flags, outputs
 from kinetics_jax.attention import flags as attention_flags
+from kinetics_jax.sampling import engine
 from kinetics_jax.sampling import flags as sampling_flags
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
@@ -56,49 +60,63 @@ _OUTPUT = flags.DEFINE_string("output", None, "jsonl to write (default: log the 
 distributed_flags.define_flags()
 
 
+def _prompt_of(record: object, where: str) -> str:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a line must be a JSON object, got {type(record).__name__}")
+    text = next((record[k] for k in ("prompt", "problem", "question") if k in record), None)
+    if text is None:
+        raise ValueError(f"{where}: no 'prompt', 'problem' or 'question' field")
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"{where}: the prompt must be a non-empty string, got {text!r:.60}")
+    return text
+
+
 def _read_prompts() -> list[str]:
+    """--prompt values, then --prompts_file's prompts; every line is checked before any compute."""
     prompts = list(_PROMPT.value or [])
-    if _PROMPTS_FILE.value:
-        with open(_PROMPTS_FILE.value) as f:
-            for n, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                if _PROMPTS_FILE.value.endswith(".jsonl"):
+    path = _PROMPTS_FILE.value
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().split("\n")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if path.endswith(".jsonl"):
+                try:
                     record = json.loads(line)
-                    text = next((record[k] for k in ("prompt", "problem", "question") if k in record), None)
-                    if text is None:
-                        raise app.UsageError(f"{_PROMPTS_FILE.value}:{n} has no 'prompt'/'problem'/'question'")
-                    prompts.append(text)
-                else:
-                    prompts.append(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
+                prompts.append(_prompt_of(record, f"{path}:{n}"))
+            else:
+                prompts.append(line)
+        if not prompts:
+            raise ValueError(f"{path} holds no prompts")
     if not prompts:
-        raise app.UsageError("give --prompt or --prompts_file")
+        raise ValueError("give --prompt or --prompts_file")
     return prompts
 
 
-def main(argv: list[str]) -> int:
-    del argv
-    try:
-        sampling = sampling_flags.config_from_flags()
-        attention = attention_flags.config_from_flags()
-        mesh = distributed_flags.mesh_from_flags()
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    texts = _read_prompts()
-    model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value), mesh=mesh)
-    tokenizer = kj.Tokenizer.from_dir(_CHECKPOINT.value)
-    chat = _CHAT.value and tokenizer.has_chat_template
-    ids = [tokenizer.apply_chat_template([{"role": "user", "content": t}], enable_thinking=_THINKING.value)
-           if chat else tokenizer.encode(t) for t in texts]
-    records, generated, start = [], 0, time.perf_counter()
+def _records(texts: list[str], ids: list[list[int]], tokenizer: kj.Tokenizer, model: kj.Qwen3ForCausalLM,
+             sampling: kj.SamplingConfig, attention: kj.AttentionConfig, mesh) -> tuple[list[dict], int]:
+    """The output records of every (prompt, sample), and the number of generated tokens. Prompt i draws from
+    stream i, so its samples do not depend on --prompts_per_batch or on the other prompts."""
+    records, generated = [], 0
     batches = range(0, len(ids), _BATCH.value)
+
+    def request(first: int) -> dict:
+        batch = ids[first:first + _BATCH.value]
+        return dict(prompts=batch, num_samples=_NUM_SAMPLES.value, max_new_tokens=_MAX_NEW.value,
+                    attention=attention, seed=_SEED.value, stream_ids=list(range(first, first + len(batch))),
+                    eos_token_ids=tokenizer.eos_token_ids, vocab_size=tokenizer.vocab_size, mesh=mesh)
+
+    for first in batches:  # every batch is checked before the first one runs
+        engine.check(model, **request(first))
     for first in tqdm(batches, desc="prompts", unit="batch", disable=not kj.distributed.is_writer()):
-        result = kj.generate(model, ids[first:first + _BATCH.value], num_samples=_NUM_SAMPLES.value,
-                             max_new_tokens=_MAX_NEW.value, sampling=sampling,
-                             attention=attention, seed=_SEED.value,
-                             eos_token_ids=tokenizer.eos_token_ids, vocab_size=tokenizer.vocab_size,
-                             repetition=kj.RepetitionStop() if _REPETITION.value else None, mesh=mesh)
+        result = kj.generate(model, **request(first), sampling=sampling,
+                             repetition=kj.RepetitionStop() if _REPETITION.value else None)
         generated += int(result.lengths.sum())
         for p in range(result.tokens.shape[0]):
             for s in range(result.tokens.shape[1]):
@@ -108,16 +126,34 @@ def main(argv: list[str]) -> int:
                                 "text": tokenizer.decode(tokens, skip_special_tokens=True), "token_ids": tokens,
                                 "length": len(tokens), "finish_reason": str(result.finish_reasons[p, s]),
                                 "attention": dataclasses.asdict(attention)})
-    seconds = time.perf_counter() - start
-    logging.info("generated %d tokens in %.2f s (%.1f tokens/s, compilation included)", generated, seconds,
-                 generated / seconds)
-    if _OUTPUT.value and kj.distributed.is_writer():
-        os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-        with open(_OUTPUT.value + ".tmp", "w") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(_OUTPUT.value + ".tmp", _OUTPUT.value)
-        logging.info("wrote %d samples to %s", len(records), _OUTPUT.value)
+    return records, generated
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    sampling = sampling_flags.config_from_flags()
+    attention = attention_flags.config_from_flags()
+    mesh = distributed_flags.mesh_from_flags()
+    texts = _read_prompts()
+    writes = _OUTPUT.value is not None and kj.distributed.is_writer()
+    # The output is checked and locked before the model is loaded: a second writer or an unwritable path is
+    # refused before any compute, and the lock is held until the file is in place.
+    with outputs.exclusive(_OUTPUT.value) if writes else contextlib.nullcontext():
+        model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value), mesh=mesh)
+        tokenizer = kj.Tokenizer.from_dir(_CHECKPOINT.value)
+        chat = _CHAT.value and tokenizer.has_chat_template
+        ids = [tokenizer.apply_chat_template([{"role": "user", "content": t}], enable_thinking=_THINKING.value)
+               if chat else tokenizer.encode(t) for t in texts]
+        start = time.perf_counter()
+        records, generated = _records(texts, ids, tokenizer, model, sampling, attention, mesh)
+        seconds = time.perf_counter() - start
+        logging.info("generated %d tokens in %.2f s (%.1f tokens/s, compilation included)", generated, seconds,
+                     generated / seconds)
+        if writes:
+            with outputs.replacing(_OUTPUT.value, encoding="utf-8") as f:
+                for record in records:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            logging.info("wrote %d samples to %s", len(records), _OUTPUT.value)
     for record in records[:4]:
         logging.info("prompt %d sample %d (%s, %d tokens): %r", record["prompt_index"], record["sample_index"],
                      record["finish_reason"], record["length"], record["text"][:200])
@@ -125,4 +161,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

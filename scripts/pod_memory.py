@@ -13,13 +13,12 @@ kinetics_jax.distributed.RULES. Activations and XLA workspace come on top.
 
 from __future__ import annotations
 
-import sys
 
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 import kinetics_jax as kj
-from kinetics_jax import distributed
+from kinetics_jax import cli, distributed
 from kinetics_jax.attention import flags as attention_flags
 
 _PRESET = flags.DEFINE_string("preset", "qwen3-32b", f"Model preset ({', '.join(kj.Qwen3Config.preset_names())}).")
@@ -37,24 +36,21 @@ attention_flags.define_flags()
 def _shape(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise app.UsageError(f"--meshes entries are DATAxMODEL, e.g. 4x2; got {text!r}")
+        raise ValueError(f"--meshes entries are DATAxMODEL, e.g. 4x2; got {text!r}")
     return int(parts[0]), int(parts[1])
 
 
 def main(argv: list[str]) -> int:
     del argv
-    try:
-        attention = attention_flags.config_from_flags()
-        config = (kj.Qwen3Config.from_hf_config(_CONFIG.value) if _CONFIG.value
-                  else kj.Qwen3Config.preset(_PRESET.value))
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    attention = attention_flags.config_from_flags()
+    config = (kj.Qwen3Config.from_hf_config(_CONFIG.value) if _CONFIG.value
+              else kj.Qwen3Config.preset(_PRESET.value))
     shapes = [_shape(m) for m in _MESHES.value]
     gib = 2 ** 30
     name = _CONFIG.value or _PRESET.value
     print(f"{name}: {_NUM_PROMPTS.value} prompt(s) x {_NUM_SAMPLES.value} samples, {_PROMPT_LEN.value} + "
           f"{_MAX_NEW.value} tokens, {_DTYPE.value}, {attention.describe()}")
-    print(f"| mesh (data x model) | devices | params GiB/device | KV cache GiB/device | total GiB/device |"
+    print("| mesh (data x model) | devices | params GiB/device | KV cache GiB/device | total GiB/device |"
           + (" fits |" if _DEVICE_GIB.value else ""))
     print("|---|---|---|---|---|" + ("---|" if _DEVICE_GIB.value else ""))
     for data, model_axis in shapes:
@@ -75,4 +71,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

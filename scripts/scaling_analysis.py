@@ -17,16 +17,17 @@ prints, per cost model, where each model is optimal on the frontier, the costlie
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm import tqdm
 
 import jax
 
 import kinetics_jax as kj
-from kinetics_jax import cost, scaling
+from kinetics_jax import cli, cost, outputs, scaling
 from kinetics_jax.eval import datasets, results
 
 _RESULTS = flags.DEFINE_multi_string("results", None, "Results jsonl file(s); comma-separated lists are split.")
@@ -68,10 +69,10 @@ def _trace_records() -> list[dict]:
 def _paths() -> list[str]:
     paths = [p for value in _RESULTS.value or [] for p in value.split(",") if p]
     if not paths and not _TRACES.value:
-        raise app.UsageError("give --results and / or --kinetics_traces")
+        raise ValueError("give --results and / or --kinetics_traces")
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
-        raise app.UsageError(f"--results file(s) not found: {', '.join(missing)}")
+        raise ValueError(f"--results file(s) not found: {', '.join(missing)}")
     return paths
 
 
@@ -107,8 +108,10 @@ def main(argv: list[str]) -> None:
     del argv
     logging.info("process %d of %d, backend %s", jax.process_index(), jax.process_count(), jax.default_backend())
     strategies = scaling.STRATEGIES if _STRATEGY.value == "both" else (_STRATEGY.value,)
-    try:
-        paths = _paths()
+    paths = _paths()
+    writer = jax.process_index() == 0
+    # --out_dir is checked and locked before the records are read: a second analysis into it is refused.
+    with outputs.exclusive(_OUT_DIR.value, directory=True) if writer else contextlib.nullcontext():
         runs = scaling.group_runs((results.read_records(paths) if paths else []) + _trace_records())
         points: dict[tuple[str, str], list[scaling.ConfigPoints]] = collections.defaultdict(list)
         for run in tqdm([r for r in runs if r.strategy in strategies], desc="pricing runs", unit="run"):
@@ -120,13 +123,11 @@ def main(argv: list[str]) -> None:
             analysis = scaling.analyze(pts, grid_points=_GRID_POINTS.value, policy=_POLICY.value,
                                        levels=_LEVELS.value)
             out_dir = os.path.join(_OUT_DIR.value, _safe(dataset), strategy)
-            if jax.process_index() == 0:
-                paths = scaling.write_report(analysis, out_dir)
-                logging.info("wrote %d files to %s", len(paths), out_dir)
+            if writer:
+                written = scaling.write_report(analysis, out_dir)
+                logging.info("wrote %d files to %s", len(written), out_dir)
                 _print_summary(analysis, out_dir)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jax.numpy as jnp
 from tqdm import tqdm
 
 import kinetics_jax as kj
-from kinetics_jax import cost, scaling
+from kinetics_jax import cli, cost, outputs, scaling
 from kinetics_jax.attention.policies import BACKENDS
 from kinetics_jax.checkpoint import shipped
 from kinetics_jax.eval import datasets, results
@@ -108,17 +107,25 @@ def _quietly(fn, *args, **kwargs):
 
 def main(argv: list[str]) -> int:
     del argv
-    try:
-        task = _task()
-        policies = _policies()
-        settings = study.Settings(problems=_PROBLEMS.value, num_samples=_NUM_SAMPLES.value,
-                                  problems_per_batch=_BATCH.value, sampling=sampling_flags.config_from_flags(),
-                                  seed=_SEED.value, hardware=_HARDWARE.value)
-        names = [os.path.basename(os.path.normpath(m)) for m in _MODELS.value]
-        if len(set(names)) != len(names):
-            raise ValueError(f"--models must have distinct directory names, got {names}")
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    task = _task()
+    policies = _policies()
+    settings = study.Settings(problems=_PROBLEMS.value, num_samples=_NUM_SAMPLES.value,
+                              problems_per_batch=_BATCH.value, sampling=sampling_flags.config_from_flags(),
+                              seed=_SEED.value, hardware=_HARDWARE.value)
+    names = [os.path.basename(os.path.normpath(m)) for m in _MODELS.value]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--models must have distinct directory names, got {names}")
+    for path in _MODELS.value:  # every model's config (and tokenizer) is read before the first one runs
+        kj.Qwen3Config.from_hf_config(shipped.resolve(path))
+        kj.Tokenizer.from_dir(path)
+    # --out_dir is checked and locked before any compute: a second study writing it is refused.
+    with outputs.exclusive(_OUT_DIR.value, directory=True):
+        _run(task, policies, settings, names)
+    return 0
+
+
+def _run(task: study.Task, policies: list[kj.AttentionConfig], settings: study.Settings, names: list[str]
+         ) -> None:
     start = time.perf_counter()
     total = len(names) * len(policies) * settings.problems * settings.num_samples
     with tqdm(total=total, unit="sample", desc="study") as bar:
@@ -141,8 +148,7 @@ def main(argv: list[str]) -> int:
     print("\n" + report.markdown(rows, analyses, intro))
     logging.info("study done in %.0f s; wrote %s and the scaling reports in %s/{%s}", time.perf_counter() - start,
                  ", ".join(os.path.basename(p) for p in written), _OUT_DIR.value, ",".join(analyses))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

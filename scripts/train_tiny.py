@@ -15,17 +15,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 import kinetics_jax as kj
+from kinetics_jax import cli, outputs
 from kinetics_jax.tiny import task, train
 
 _MODEL = flags.DEFINE_enum("model", "tiny-s", sorted(train.FAMILY), "Which model of the family.")
@@ -46,13 +45,18 @@ EVAL_SEED = 1
 
 def main(argv: list[str]) -> int:
     del argv
-    try:
-        lr = train.PEAK_LR[_MODEL.value] if _LR.value is None else _LR.value
-        config = train.TrainConfig(steps=_STEPS.value, batch=_BATCH.value, lr=lr, warmup=_WARMUP.value,
-                                   seed=_SEED.value, data_seed=_DATA_SEED.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    lr = train.PEAK_LR[_MODEL.value] if _LR.value is None else _LR.value
+    config = train.TrainConfig(steps=_STEPS.value, batch=_BATCH.value, lr=lr, warmup=_WARMUP.value,
+                               seed=_SEED.value, data_seed=_DATA_SEED.value)
     workdir = os.path.join(_WORKDIR.value, _MODEL.value)
+    output = outputs.check_writable(_OUTPUT.value or os.path.join(workdir, "final"), directory=True)
+    # One training per workdir: a second one is refused before it reads or writes anything there.
+    with outputs.exclusive(workdir, directory=True):
+        return _train(config, workdir, output)
+
+
+def _train(config: train.TrainConfig, workdir: str, output: str) -> int:
+    """Trains (resuming from workdir's latest checkpoint), then exports to `output`."""
     os.makedirs(workdir, exist_ok=True)
     run = {"model": _MODEL.value, "train": dataclasses.asdict(config),
            "model_config": train.FAMILY[_MODEL.value].to_hf_dict()}
@@ -61,8 +65,8 @@ def main(argv: list[str]) -> int:
         with open(run_file) as f:
             previous = json.load(f)
         if previous["run"] != run:
-            raise app.UsageError(f"{workdir} holds a run with other settings ({previous['run']}); use another "
-                                 f"--workdir or the same flags")
+            raise ValueError(f"{workdir} holds a run with other settings ({previous['run']}); use another "
+                             f"--workdir or the same flags")
         history = previous["history"]
     else:
         history = {"loss": [], "seconds": 0.0}
@@ -74,9 +78,8 @@ def main(argv: list[str]) -> int:
 
     def save() -> None:
         train.save_state(state, workdir)
-        with open(run_file + ".tmp", "w") as f:
+        with outputs.replacing(run_file) as f:
             json.dump({"run": run, "history": history}, f)
-        os.replace(run_file + ".tmp", run_file)
 
     logging.info("%s: %d parameters, %d steps of %d problems", _MODEL.value,
                  train.FAMILY[_MODEL.value].num_params(), config.steps, config.batch)
@@ -96,11 +99,10 @@ def main(argv: list[str]) -> int:
     model = state.model()
     problems = [task.make_problem(EVAL_SEED, i) for i in range(_EVAL.value)]
     accuracy = train.greedy_accuracy(model, problems) if problems else None
-    output = os.path.abspath(_OUTPUT.value or os.path.join(workdir, "final"))
     # The export is assembled beside the output and renamed into place whole: never a checkpoint without its
     # tokenizer or record.
-    staging = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.export")
-    kj.save_checkpoint(model, staging, overwrite=True)
+    staging = outputs.temporary_path(output, ".export")
+    kj.save_checkpoint(model, staging)
     task.write_tokenizer(staging)
     with open(os.path.join(staging, "training.json"), "w") as f:
         json.dump({**run, "train_seconds": round(history["seconds"], 1),
@@ -109,7 +111,7 @@ def main(argv: list[str]) -> int:
                    "loss_every_100": [round(float(np.mean(history["loss"][i:i + 100])), 4)
                                       for i in range(0, len(history["loss"]), 100)],
                    "jax": jax.__version__}, f, indent=1)
-    shutil.rmtree(output, ignore_errors=True)
+    outputs.remove(output)
     os.replace(staging, output)
     logging.info("%s: final loss %.4f, greedy accuracy %s on %d held-out problems, %.0f s of training; wrote %s",
                  _MODEL.value, np.mean(history["loss"][-100:]), accuracy, _EVAL.value, history["seconds"], output)
@@ -117,4 +119,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -149,6 +149,37 @@ def test_per_query_table():
         metrics.per_query_table([records[0], {**records[1], "gold": "34"}])
 
 
+def _problem(problem: str, n: int, **fields) -> list[dict]:
+    return [{"problem_id": problem, "gold": "1", "answer": "1", "correct": s == 0, "length": 10, "sample_index": s,
+             "num_samples": n, **fields} for s in range(n)]
+
+
+def test_per_query_table_refuses_a_duplicated_record():
+    records = _problem("aime-3", 3) + _problem("aime-4", 3)
+    assert [row["n"] for row in metrics.per_query_table(records)] == [3, 3]
+    with pytest.raises(ValueError, match=r"problem 'aime-3': sample 2 appears twice"):
+        metrics.per_query_table(records + records[2:3])  # a copied line: without the check, n 4 and pass@4
+
+
+def test_per_query_table_checks_the_sample_count_against_n():
+    records = _problem("a", 3)
+    no_index = [{k: v for k, v in r.items() if k != "sample_index"} for r in records]
+    with pytest.raises(ValueError, match=r"problem 'a' has 4 samples, but its records' num_samples is 3"):
+        metrics.per_query_table(no_index + no_index[:1])
+    with pytest.raises(ValueError, match=r"problem 'a' has 2 samples, but its records' num_samples is 3"):
+        metrics.per_query_table(records[:2])
+    with pytest.raises(ValueError, match=r"problem 'a': records disagree on num_samples \(\[3, 4\]\)"):
+        metrics.per_query_table(records[:2] + [{**records[2], "num_samples": 4}])
+    bare = [{k: v for k, v in r.items() if k not in ("sample_index", "num_samples")} for r in records]
+    with pytest.raises(ValueError, match=r"problem 'a' has 4 samples, but num_samples is 3"):
+        metrics.per_query_table(bare + bare[:1], num_samples=3)  # the configured N, where records lack it
+    row, = metrics.per_query_table(bare, num_samples=3)
+    assert row["n"] == 3 and "pass@3" in row and "pass@4" not in row
+    assert metrics.per_query_table(bare + bare[:1])[0]["n"] == 4  # neither N nor sample_index: taken as given
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        metrics.per_query_table(bare, num_samples=0)
+
+
 def test_powers_of_two_and_n():
     assert metrics._powers_of_two_and_n(1) == [1]
     assert metrics._powers_of_two_and_n(8) == [1, 2, 4, 8]

@@ -4,7 +4,8 @@ and the per-problem table that the scaling analysis reads.
     pass_at_k(n=32, c=5, k=4)                                   # unbiased coverage, 1 - C(n-c, k) / C(n, k)
     majority_vote(["\\frac{1}{2}", "0.5", "1"], gold="1/2", k=3)   # 1.0: two spellings of 1/2 form one class
     truncation_accuracy(ids, gold, [2048, 4096], tokenizer.decode)
-    per_query_table(records)                                    # rows of plain dicts (CSV/JSON ready)
+    per_query_table(records, num_samples=32)                    # rows of plain dicts (CSV/JSON ready); refuses
+                                                                # a problem without exactly 32 distinct samples
 
 Majority voting: the answers (extracted, see `grading.extract_answer`) are grouped into equivalence classes by
 `grading.answers_equivalent`: each answer joins the first class whose first member (its representative) it is
@@ -133,16 +134,25 @@ def _powers_of_two_and_n(n: int) -> list[int]:
 _RECORD_KEYS = ("problem_id", "gold", "answer", "correct", "length")
 
 
-def per_query_table(records: Iterable[Mapping[str, Any]], *, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+def per_query_table(records: Iterable[Mapping[str, Any]], *, num_samples: int | None = None,
+                    timeout_s: float = 5.0) -> list[dict[str, Any]]:
     """One row per problem from per-sample records (the `kinetics_jax.eval.results` format: problem_id, gold,
-    answer, correct, length, optional dataset), problems in order of first appearance:
+    answer, correct, length, optional dataset, sample_index and num_samples), problems in order of first
+    appearance:
 
         {"problem_id", "dataset", "gold", "n", "correct", "pass@1", "pass@2", ..., "pass@n",
          "maj@1", ..., "maj@n", "mean_length"}
 
     k runs over 1, 2, 4, ... and n. pass@k is the unbiased estimate from the records' `correct`; maj@k is
-    `expected_majority_vote` (maj@n is the vote of all samples). mean_length is in generated tokens. Problems
-    with different n have different columns."""
+    `expected_majority_vote` (maj@n is the vote of all samples). mean_length is in generated tokens.
+
+    n is checked, never guessed from a miscount: a problem's records must not repeat a sample_index, and when
+    the sample count N is known (`num_samples`, else the records' num_samples field, which a problem's records
+    must agree on) every problem must have exactly N records, so the columns stop at N. Anything else (a
+    duplicated record, a missing sample) raises ValueError naming the problem. Without N, problems with
+    different n have different columns."""
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     by_problem: dict[str, list[Mapping[str, Any]]] = {}
     for number, record in enumerate(records):
         missing = [key for key in _RECORD_KEYS if key not in record]
@@ -154,7 +164,7 @@ def per_query_table(records: Iterable[Mapping[str, Any]], *, timeout_s: float = 
         gold = samples[0]["gold"]
         if any(s["gold"] != gold for s in samples):
             raise ValueError(f"problem {problem_id!r}: records disagree on the gold answer")
-        n = len(samples)
+        n = _sample_count(problem_id, samples, num_samples)
         correct = sum(bool(s["correct"]) for s in samples)
         answers = [s["answer"] for s in samples]
         ks = _powers_of_two_and_n(n)
@@ -166,3 +176,24 @@ def per_query_table(records: Iterable[Mapping[str, Any]], *, timeout_s: float = 
             "mean_length": sum(s["length"] for s in samples) / n,
         })
     return rows
+
+
+def _sample_count(problem_id: str, samples: Sequence[Mapping[str, Any]], num_samples: int | None) -> int:
+    """len(samples), after checking that no sample_index repeats and that it equals N: `num_samples` if given,
+    else the samples' num_samples field (all equal) if they carry one."""
+    seen: set[Any] = set()
+    for s in samples:
+        if "sample_index" in s:
+            if s["sample_index"] in seen:
+                raise ValueError(f"problem {problem_id!r}: sample {s['sample_index']} appears twice")
+            seen.add(s["sample_index"])
+    expected, source = num_samples, "num_samples"
+    if expected is None:
+        declared = {s["num_samples"] for s in samples if "num_samples" in s}
+        if len(declared) > 1:
+            raise ValueError(f"problem {problem_id!r}: records disagree on num_samples ({sorted(declared, key=repr)})")
+        if declared:
+            expected, source = declared.pop(), "its records' num_samples"
+    if expected is not None and len(samples) != expected:
+        raise ValueError(f"problem {problem_id!r} has {len(samples)} samples, but {source} is {expected}")
+    return len(samples)

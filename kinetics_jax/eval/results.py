@@ -1,6 +1,6 @@
 """Evaluation results: an append-only jsonl with one record per (problem, sample), resumable after a kill.
 
-A record (written by scripts/evaluate.py, read by the scaling analysis):
+A record (written by scripts/evaluate.py, read by the scaling analysis) is one JSON object per line:
 
     model, model_config (HF config.json dict), dataset, problem_id, gold, sample_index, num_samples,
     prompt_length, length (generated tokens), finish_reason, text, token_ids, answer (extracted or null),
@@ -8,59 +8,209 @@ A record (written by scripts/evaluate.py, read by the scaling analysis):
     memory_bytes, eflops, hardware: this sample's share, tts_cost(N samples of its length) / N}, config (the
     run: checkpoint, dataset, strategy, num_samples, max_new_tokens, attention, sampling, seed)
 
+`REQUIRED_FIELDS` are those every writer emits and the readers rely on (model, model_config, dataset,
+problem_id, gold, sample_index, num_samples, prompt_length, length, answer, correct, config), with their JSON
+types; `OPTIONAL_FIELDS` (finish_reason, text, token_ids, truncation, cost) are type-checked when present; other
+fields are kept as they are. sample_index, num_samples, prompt_length and length are integers (not booleans)
+with 0 <= sample_index < num_samples and lengths >= 0; correct is a boolean; answer is a string or null.
+
 Durability: records are appended as whole lines and fsync'ed per batch. A process killed mid-write leaves at most
-one torn last line; `ResultsStore` detects it on open (no newline, or not JSON), truncates the file back to the
-last complete record and logs it, so a restarted run continues exactly where the file ends: nothing is lost
-(what was fsync'ed stays) and nothing is duplicated (completed (problem, sample) keys are skipped).
+one torn last line; `ResultsStore` detects it on open (no newline, or not JSON: invalid UTF-8 counts as not
+JSON), truncates the file back to the last complete record and logs it, so a restarted run continues exactly
+where the file ends: nothing is lost (what was fsync'ed stays) and nothing is duplicated (completed
+(problem, sample) keys are skipped). `read_records` skips such a tail with a warning and leaves the file alone.
+
+Everything else is corruption and is refused with one ValueError naming the file and line, never repaired:
+- a bad line (not UTF-8, not JSON) anywhere but the last line;
+- a newline-terminated last line that is valid JSON but not a valid record (not an object, a required field
+  missing, a field of the wrong type): a torn write cannot produce a complete line of valid JSON, so this is
+  damage (or a hand edit), not an interrupted append;
+- a record repeating the (problem_id, sample_index) of an earlier one of the same run (same model, dataset and
+  config), e.g. a copied line: "runs/e.jsonl:37 repeats problem 'aime-3' sample 2 of line 12". `read_records`
+  applies this across all the files it reads; a `ResultsStore` file holds one run, so there the key is just
+  (problem_id, sample_index).
+`ResultsStore.append` checks each record by the same rules before writing it, so the store never writes a line
+it would refuse on the next open.
 
 `read_kinetics_traces` converts the released Kinetics trace format (KINETICS.md §4) into these records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from kinetics_jax import outputs
 from kinetics_jax.attention import AttentionConfig
 
 log = logging.getLogger(__name__)
 
+# Field -> its allowed JSON types (as Python types after json.loads). int excludes bool (checked below).
+REQUIRED_FIELDS: Mapping[str, tuple[type, ...]] = {
+    "model": (str,), "model_config": (dict,), "dataset": (str,), "problem_id": (str,), "gold": (str,),
+    "sample_index": (int,), "num_samples": (int,), "prompt_length": (int,), "length": (int,),
+    "answer": (str, type(None)), "correct": (bool,), "config": (dict,),
+}
+OPTIONAL_FIELDS: Mapping[str, tuple[type, ...]] = {
+    "finish_reason": (str,), "text": (str,), "token_ids": (list,), "truncation": (dict,), "cost": (dict,),
+}
+_REQUIRED, _OPTIONAL = tuple(REQUIRED_FIELDS.items()), tuple(OPTIONAL_FIELDS.items())
+_MISSING = object()
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
+               bool: "a boolean", type(None): "null"}
 
-def _complete_lines(path: str) -> tuple[list[dict[str, Any]], int]:
-    """(records of the complete lines, byte offset where they end). A last line without a newline or that is
-    not JSON is torn; a bad line elsewhere is corruption and raises."""
+
+def _json_name(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def _field_problem(name: str, value: Any, types: tuple[type, ...]) -> str | None:
+    """Why `value` is not a valid `name` field of one of `types`, or None. Booleans are not integers."""
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return None
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return (f"field {name!r} must be {' or '.join(_JSON_NAMES[t] for t in types)}, got {shown} "
+            f"({_json_name(value)})")
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a parsed JSON value is not a valid record (the rules of the module docstring), or None if it is one.
+    One dict look-up and type test per field (exact builtin types first, as json.loads makes them): cheap
+    enough for every line of a large file."""
+    if not isinstance(record, dict):
+        return f"not a record: {_json_name(record)}, not a JSON object"
+    for name, types in _REQUIRED:
+        value = record.get(name, _MISSING)
+        if type(value) not in types:
+            if value is _MISSING:
+                missing = [field for field in REQUIRED_FIELDS if field not in record]
+                return f"record lacks field(s) {', '.join(missing)}"
+            problem = _field_problem(name, value, types)
+            if problem:
+                return problem
+    for name, types in _OPTIONAL:
+        value = record.get(name, _MISSING)
+        if value is not _MISSING and type(value) not in types:
+            problem = _field_problem(name, value, types)
+            if problem:
+                return problem
+    if record["num_samples"] < 1:
+        return f"field 'num_samples' must be >= 1, got {record['num_samples']}"
+    if not 0 <= record["sample_index"] < record["num_samples"]:
+        return (f"field 'sample_index' must be in [0, num_samples={record['num_samples']}), got "
+                f"{record['sample_index']}")
+    for name in ("prompt_length", "length"):
+        if record[name] < 0:
+            return f"field {name!r} must be >= 0, got {record[name]}"
+    return None
+
+
+class _Keys:
+    """Where each (run, problem_id, sample_index) was first read, a run being the records sharing (model, dataset,
+    config). Records of a run are usually contiguous, so finding a record's run is one comparison."""
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[str, str, dict[str, Any]]] = []
+        self._last = -1
+        self._first: dict[tuple[int, str, int], tuple[str, int]] = {}
+
+    def _run(self, record: Mapping[str, Any]) -> int:
+        ident = (record["model"], record["dataset"], record["config"])
+        if self._last >= 0 and self._runs[self._last] == ident:
+            return self._last
+        for i, run in enumerate(self._runs):
+            if run == ident:
+                self._last = i
+                return i
+        self._runs.append(ident)
+        self._last = len(self._runs) - 1
+        return self._last
+
+    def add(self, record: Mapping[str, Any], path: str, number: int) -> None:
+        """Notes the key of the record at path:number; one read before raises ValueError("<path>:<number>
+        repeats problem <id> sample <index> of line <n>", or "of <other path>:<n>" across files)."""
+        key = (self._run(record), record["problem_id"], record["sample_index"])
+        first = self._first.setdefault(key, (path, number))
+        if first[1] != number or first[0] != path:
+            where = f"line {first[1]}" if first[0] == path else f"{first[0]}:{first[1]}"
+            raise ValueError(f"{path}:{number} repeats problem {key[1]!r} sample {key[2]} of {where}")
+
+
+def _load(path: str, keys: _Keys) -> tuple[list[dict[str, Any]], int]:
+    """(valid records of the complete lines of `path`, byte offset where they end): the one reader of results
+    files, by the rules of the module docstring. The part after the last newline is torn; so is a final
+    newline-terminated line that is not UTF-8 JSON. Blank lines are skipped. Any other bad line, a line that is
+    not a valid record, or a repeated key (checked through `keys`) raises ValueError naming path:line."""
     records: list[dict[str, Any]] = []
     end = 0
     with open(path, "rb") as f:
         data = f.read()
-    lines = data.split(b"\n")
+    lines = data.split(b"\n")  # b"\n" never occurs inside a UTF-8 multi-byte sequence
+    last = len(lines) - 1  # the number of the last newline-terminated line
     for number, line in enumerate(lines[:-1], 1):  # the part after the last newline is never complete
         if not line.strip():
             end += len(line) + 1
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if number == len(lines) - 1 and not lines[-1]:
-                break  # the final newline-terminated line is garbage: a torn write, repaired below
+            record = json.loads(line.decode("utf-8"))
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            if number == last and not lines[-1]:
+                break  # the final newline-terminated line is garbage: a torn write, repaired by the caller
             raise ValueError(f"{path}:{number}: corrupt record in the middle of the file ({e})") from None
+        problem = record_problem(record)
+        if problem:
+            raise ValueError(f"{path}:{number}: {problem}")
+        keys.add(record, path, number)
+        records.append(record)
         end += len(line) + 1
     return records, end
 
 
 class ResultsStore:
-    """The results file of one run. Opening it repairs a torn tail and checks that the records already there
-    belong to the same run configuration; `append` adds records durably."""
+    """The results file of one run, open for writing by this store alone. Opening it takes the file's output lock
+    (kinetics_jax.outputs: a second writer, another process or another store, is refused with OutputBusyError),
+    repairs a torn tail, refuses corruption (see the module docstring) and checks that the records already there
+    belong to this run (the same config, and one model and dataset); `append` adds records durably. `close()`,
+    or leaving a `with ResultsStore(...) as store:` block, releases the lock."""
 
     def __init__(self, path: str, run_config: dict[str, Any]):
         self.path = path
         self.run_config = json.loads(json.dumps(run_config))  # the JSON form, as records hold it
         self._records: list[dict[str, Any]] = []
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(outputs.exclusive(path))
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the file's lock; the store cannot append after it."""
+        self._lock.close()
+        self._closed = True
+
+    def __del__(self) -> None:  # a store dropped without close() frees its output
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        path = self.path
+        self._closed = False
         if os.path.exists(path):
-            self._records, end = _complete_lines(path)
+            self._records, end = _load(path, _Keys())
             size = os.path.getsize(path)
             if end < size:
                 log.warning("%s: dropping a torn last record (%d bytes) left by an interrupted write", path,
@@ -69,12 +219,23 @@ class ResultsStore:
                     f.truncate(end)
                     os.fsync(f.fileno())
             for i, record in enumerate(self._records):
-                if record.get("config") != self.run_config:
+                if record["config"] != self.run_config:
                     raise ValueError(f"{path}: record {i + 1} was written by another run configuration "
-                                     f"({record.get('config')}); resume with the same flags or use a new output")
+                                     f"({record['config']}); resume with the same flags or use a new output")
+                self._check_same_run(record, self._records[0], f"{path}: record {i + 1}")
         else:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # One run per file, so (problem_id, sample_index) is unique here (`_load` checked it per run).
         self._done = {(r["problem_id"], r["sample_index"]) for r in self._records}
+
+    @staticmethod
+    def _check_same_run(record: Mapping[str, Any], first: Mapping[str, Any], where: str) -> None:
+        """Refuses a record of another model or dataset than the file's first record: with this file's config
+        they would form a second run in it."""
+        for name in ("model", "dataset"):
+            if record[name] != first[name]:
+                raise ValueError(f"{where} is of {name} {record[name]!r}, but this file holds {name} "
+                                 f"{first[name]!r}; use a new output")
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -84,28 +245,47 @@ class ResultsStore:
         return (problem_id, sample_index) in self._done
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
-        """Appends records (each gets this run's config), then flushes and fsyncs. Duplicates are refused."""
-        lines = []
-        for record in records:
-            key = (record["problem_id"], record["sample_index"])
-            if key in self._done:
-                raise ValueError(f"{self.path}: problem {key[0]!r} sample {key[1]} is already recorded")
+        """Appends records (each gets this run's config), then flushes and fsyncs. Each must be a valid record
+        (`record_problem`) of this file's model and dataset whose (problem_id, sample_index) is not recorded yet;
+        otherwise nothing of the batch is written."""
+        if self._closed:
+            raise ValueError(f"{self.path}: the store is closed")
+        lines, added, keys = [], [], set()
+        for i, record in enumerate(records):
             record = {**record, "config": self.run_config}
+            problem = record_problem(record)
+            if problem:
+                raise ValueError(f"{self.path}: record {i} to append: {problem}")
+            self._check_same_run(record, (self._records or added or [record])[0],
+                                 f"{self.path}: record {i} to append")
+            key = (record["problem_id"], record["sample_index"])
+            if key in self._done or key in keys:
+                raise ValueError(f"{self.path}: problem {key[0]!r} sample {key[1]} is already recorded")
+            keys.add(key)
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-            self._done.add(key)
-            self._records.append(record)
+            added.append(record)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write("".join(lines))
             f.flush()
             os.fsync(f.fileno())
+        self._done |= keys
+        self._records.extend(added)
 
 
 def read_records(paths: str | Iterable[str]) -> list[dict[str, Any]]:
-    """All complete records of one or more results files (a torn last line is skipped with a warning)."""
+    """All complete records of one or more results files, by the rules of the module docstring: a torn last
+    line is skipped with a warning (the file is left as it is); corruption, an invalid record, or a record
+    repeating the (run, problem_id, sample_index) of one read before (in the same file or an earlier one of
+    `paths`) raises ValueError naming path:line, and so does a file given twice."""
     paths = [paths] if isinstance(paths, str) else list(paths)
+    real = [os.path.realpath(path) for path in paths]
+    for i, path in enumerate(paths):
+        if real[i] in real[:i]:
+            raise ValueError(f"{path}: given twice (as {paths[real.index(real[i])]} before)")
     out: list[dict[str, Any]] = []
+    keys = _Keys()
     for path in paths:
-        records, end = _complete_lines(path)
+        records, end = _load(path, keys)
         if end < os.path.getsize(path):
             log.warning("%s: ignoring a torn last record", path)
         out.extend(records)

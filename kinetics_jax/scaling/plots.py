@@ -24,13 +24,13 @@ import io
 import json
 import math
 import os
-import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from kinetics_jax import outputs
 from kinetics_jax.scaling.fit import SigmoidFit
 from kinetics_jax.scaling.frontier import Analysis, Frontier, IsoCostGrid
 
@@ -41,18 +41,8 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 # ------------------------------------------------------------------------------------------------ atomic files
 def _atomic_write(path: str, data: bytes) -> None:
-    """Writes a hidden temporary file beside `path` (mode 0666 less the umask), then renames it over `path`."""
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with outputs.replacing(path, "wb") as f:
+        f.write(data)
 
 
 def save_figure(fig: Figure, path: str) -> str:

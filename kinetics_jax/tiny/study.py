@@ -16,6 +16,7 @@ is kinetics_jax.scaling's: frontiers under FLOPs and eFLOPs, the optimal model p
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 from typing import Any, Protocol, Sequence
@@ -170,9 +171,16 @@ def run_config(model: Qwen3ForCausalLM, tokenizer: Tokenizer, name: str, task: T
     """Samples N chains per problem of `task` with `model` under `attention` and appends their records to the
     Best-of-N and long-CoT results files of this (model, policy); problems already in both are skipped. `bar`: a
     tqdm bar advanced by one per sample."""
-    stores = {strategy: results.ResultsStore(records_path(out_dir, name, attention, strategy),
-                                             _run_config(task, settings, attention, strategy, checkpoint))
-              for strategy in scaling.STRATEGIES}
+    with contextlib.ExitStack() as stack:  # each results file is locked while this run writes it
+        stores = {strategy: stack.enter_context(results.ResultsStore(
+                      records_path(out_dir, name, attention, strategy),
+                      _run_config(task, settings, attention, strategy, checkpoint)))
+                  for strategy in scaling.STRATEGIES}
+        _sample(model, tokenizer, name, task, attention, settings, stores, bar)
+
+
+def _sample(model: Qwen3ForCausalLM, tokenizer: Tokenizer, name: str, task: Task, attention: AttentionConfig,
+            settings: Settings, stores: dict[str, results.ResultsStore], bar: Any) -> None:
     n = settings.num_samples
     items = task.items(settings.problems)
     todo = [(i, item) for i, item in enumerate(items)

@@ -33,6 +33,8 @@ import re
 
 import numpy as np
 
+from kinetics_jax import outputs
+
 NODES = 32
 MIN_HOPS, MAX_HOPS = 25, 31
 PAD, EOS = "<pad>", "<eos>"
@@ -187,6 +189,5 @@ def write_tokenizer(path: str) -> None:
              "tokenizer_config.json": {"eos_token": EOS, "pad_token": PAD, "model_max_length": MAX_TOKENS},
              "generation_config.json": {"eos_token_id": TOKEN_ID[EOS], "pad_token_id": TOKEN_ID[PAD]}}
     for name, value in files.items():
-        with open(os.path.join(path, name + ".tmp"), "w") as f:
+        with outputs.replacing(os.path.join(path, name)) as f:
             json.dump(value, f, indent=1)
-        os.replace(os.path.join(path, name + ".tmp"), os.path.join(path, name))
