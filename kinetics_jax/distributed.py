@@ -286,13 +286,25 @@ def request_plans(prompt_lengths: Sequence[int], num_samples: int, max_new_token
     return split, plans
 
 
-def kv_cache_bytes_per_device(plans: Sequence[CachePlan], config: Qwen3Config, dtype: Any, summaries: int,
+def cache_pages_per_shard(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens: int,
+                          attention: AttentionConfig, data_shards: int) -> int:
+    """The pool size (pages) of each data shard's cache, as request_plans plans it, in closed form: O(prompts),
+    nothing per sample (CachePlan.pool_pages per prompt group; every shard is sized like the largest), so an
+    absurd request is sized, and refused, at once."""
+    split = DataSplit.of(len(prompt_lengths), num_samples, data_shards)
+    padded = split.pad(list(prompt_lengths))
+    return max(CachePlan.pool_pages([padded[i] for i in split.shard_rows(g * split.sample_groups)[0]],
+                                    split.samples_per_shard, max_new_tokens, attention.block_size,
+                                    page_offset=attention.page_offset, pad_pages_to=64)
+               for g in range(split.prompt_groups))
+
+
+def kv_cache_bytes_per_device(pages: int, config: Qwen3Config, dtype: Any, attention: AttentionConfig,
                               mesh: Mesh | AbstractMesh) -> int:
-    """Bytes of KV cache (K, V and `summaries` page summaries, see CachePlan.bytes) each device holds: one shard's
-    pool (every shard is sized like the largest), its KV heads split over "model" (with their copies, see
-    kv_replicas)."""
-    pages = max(plan.num_pages for plan in plans)
-    pool = dataclasses.replace(plans[0], num_pages=pages).bytes(config, dtype, summaries)
+    """Bytes of KV cache each device holds for a pool of `pages` pages per data shard (cache_pages_per_shard):
+    K, V and the policy's page summaries (CachePlan.pool_bytes), its KV heads split over "model" (with their
+    copies, see kv_replicas)."""
+    pool = CachePlan.pool_bytes(pages, attention.block_size, config, dtype, len(attention.summaries))
     return pool * kv_replicas(config, mesh) // mesh.shape[MODEL]
 
 
@@ -320,17 +332,16 @@ def memory_per_device(config: Qwen3Config, mesh_shape: tuple[int, int], *, promp
                       num_samples: int, max_new_tokens: int, attention: AttentionConfig, dtype: Any
                       ) -> DeviceMemory:
     """What `generate` would place on each device of a (data, model) mesh, with no device involved: the
-    parameters split by RULES and the KV cache it sizes (the same plans). Raises ValueError for a mesh the
+    parameters split by RULES and the KV cache it sizes (the same arithmetic, O(prompts)). Raises ValueError for a mesh the
     heads do not allow (check_mesh)."""
     from kinetics_jax.checkpoint import layout  # checkpoint imports this module
 
     mesh = AbstractMesh(tuple(mesh_shape), MESH_AXES)
     check_mesh(config, mesh)
-    _, plans = request_plans(prompt_lengths, num_samples, max_new_tokens, attention, mesh_shape[0])
+    pages = cache_pages_per_shard(prompt_lengths, num_samples, max_new_tokens, attention, mesh_shape[0])
     model = layout.abstract_model(config, dtype=dtype, param_dtype=dtype)
     return DeviceMemory(param_bytes_per_device(model, mesh),
-                        kv_cache_bytes_per_device(plans, config, dtype, len(attention.summaries), mesh),
-                        kv_replicas(config, mesh))
+                        kv_cache_bytes_per_device(pages, config, dtype, attention, mesh), kv_replicas(config, mesh))
 
 
 def _cluster_detected() -> bool:

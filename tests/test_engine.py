@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import time
 
@@ -19,7 +20,6 @@ from kinetics_jax import distributed
 from kinetics_jax.attention import AttentionConfig
 from kinetics_jax.cache import CachePlan
 from kinetics_jax.sampling import RepetitionStop, SamplingConfig, generate
-from kinetics_jax.sampling import engine
 from kinetics_jax.sampling.engine import decode_step, prefill
 
 GREEDY = SamplingConfig.greedy_config()
@@ -233,10 +233,11 @@ def test_cache_size_closed_form_equals_the_plans(lengths, n, new, attention, mes
     model = tiny_model
     mesh = AbstractMesh(mesh_shape, distributed.MESH_AXES)
     _, plans = distributed.request_plans(lengths, n, new, attention, mesh_shape[0])
-    pages = engine.cache_pages_per_shard(lengths, n, new, attention, mesh_shape[0])
+    pages = distributed.cache_pages_per_shard(lengths, n, new, attention, mesh_shape[0])
     assert pages == max(plan.num_pages for plan in plans)
-    assert engine.kv_cache_bytes_per_device(model, pages, attention, mesh) == distributed.kv_cache_bytes_per_device(
-        plans, TINY, model.dtype, len(attention.summaries), mesh)
+    pool = dataclasses.replace(plans[0], num_pages=pages).bytes(TINY, model.dtype, len(attention.summaries))
+    assert distributed.kv_cache_bytes_per_device(pages, TINY, model.dtype, attention, mesh) == (
+        pool * distributed.kv_replicas(TINY, mesh) // mesh_shape[1])
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -406,28 +406,6 @@ class Program:
     split: distributed.DataSplit
 
 
-def cache_pages_per_shard(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens: int,
-                          attention: AttentionConfig, data_shards: int) -> int:
-    """The pool size (pages) of each data shard's cache, as distributed.request_plans would plan it, in closed
-    form: O(prompts), nothing per sample (CachePlan.pool_pages per prompt group; every shard is sized like the
-    largest)."""
-    split = distributed.DataSplit.of(len(prompt_lengths), num_samples, data_shards)
-    padded = split.pad(list(prompt_lengths))
-    return max(CachePlan.pool_pages([padded[i] for i in split.shard_rows(g * split.sample_groups)[0]],
-                                    split.samples_per_shard, max_new_tokens, attention.block_size,
-                                    page_offset=attention.page_offset, pad_pages_to=64)
-               for g in range(split.prompt_groups))
-
-
-def kv_cache_bytes_per_device(model: Qwen3ForCausalLM, pages: int, attention: AttentionConfig,
-                              mesh: Mesh | AbstractMesh) -> int:
-    """Bytes of KV cache each device holds for a pool of `pages` pages per data shard: K, V and the policy's
-    summaries (CachePlan.pool_bytes), its KV heads split over "model" with their copies (the number
-    distributed.kv_cache_bytes_per_device gives for the plans)."""
-    pool = CachePlan.pool_bytes(pages, attention.block_size, model.config, model.dtype, len(attention.summaries))
-    return pool * distributed.kv_replicas(model.config, mesh) // mesh.shape[distributed.MODEL]
-
-
 def _size_text(n: int) -> str:
     """Bytes for a message: "572.20 GiB", "3.50 MiB", "900 bytes"."""
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -444,8 +422,8 @@ def check_cache_fits(model: Qwen3ForCausalLM, prompt_lengths: Sequence[int], num
     do not fit the int32 page ids and row indices. Only the KV cache is counted (parameters, logits and the
     token buffer come on top)."""
     data = mesh.shape[distributed.DATA]
-    pages = cache_pages_per_shard(prompt_lengths, num_samples, max_new_tokens, attention, data)
-    need = kv_cache_bytes_per_device(model, pages, attention, mesh)
+    pages = distributed.cache_pages_per_shard(prompt_lengths, num_samples, max_new_tokens, attention, data)
+    need = distributed.kv_cache_bytes_per_device(pages, model.config, model.dtype, attention, mesh)
     what = (f"{num_samples} samples x {len(prompt_lengths)} prompts (up to {max(prompt_lengths)} prompt + "
             f"{max_new_tokens} new tokens, mesh {dict(mesh.shape)}) need {pages} KV cache pages of "
             f"{attention.block_size} tokens per data shard")
