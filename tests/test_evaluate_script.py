@@ -17,6 +17,7 @@ PROBLEMS = 8
 def _dataset(tmp_path) -> str:
     path = tmp_path / "aime24.jsonl"
     rows = [{"id": f"q{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(PROBLEMS)]
+    rows.insert(3, {"id": "q-long", "problem": "word " * 5000, "answer": "1"})  # over the 4096-token context
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
@@ -24,7 +25,7 @@ def _dataset(tmp_path) -> str:
 def _command(dataset: str, output: str) -> list[str]:
     return [sys.executable, SCRIPT, f"--dataset_path={dataset}", "--dataset=aime24", "--num_samples=2",
             "--max_new_tokens=24", "--truncation_budgets=8,16", "--problems_per_batch=1", "--dtype=float32",
-            f"--output={output}"]
+            "--skip_overlong", f"--output={output}"]
 
 
 def _env() -> dict:
@@ -49,6 +50,7 @@ def test_evaluates_and_resumes_after_a_kill(tmp_path):
         assert r["model"] == "tiny-random-qwen3" and r["config"]["num_samples"] == 2
     summary = json.load(open(whole + ".summary.json"))
     assert summary["problems"] == PROBLEMS and {"pass@1", "pass@2", "maj@2", "eflops_per_problem"} <= set(summary)
+    assert summary["skipped_problems"] == ["q-long"] and "skipping problem 'q-long'" in result.stderr
     table = open(whole + ".per_query.csv").read().splitlines()
     assert table[0].startswith("problem_id") or "problem_id" in table[0].split(",")
     assert len(table) == 1 + PROBLEMS
