@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import ml_dtypes  # noqa: F401  (registers "bfloat16" as a numpy dtype name)
 import numpy as np
@@ -36,6 +37,127 @@ _FIXED_HF_FIELDS = {
     "use_sliding_window": False,
 }
 
+# The type of every field this port reads, in a config.json or passed to Qwen3Config (the one home for type
+# checks). "int" refuses booleans (true is an int to Python) and floats (12.5, and 64.0 too); "number" is an int
+# or float that is finite as a float; "bool" is true or false only (the string "false" is not a boolean). The
+# rope_* names also apply inside `rope_scaling` / `rope_parameters`.
+_FIELD_TYPES: dict[str, str] = {
+    "vocab_size": "int", "hidden_size": "int", "intermediate_size": "int", "num_hidden_layers": "int",
+    "num_attention_heads": "int", "num_key_value_heads": "int", "head_dim": "int",
+    "max_position_embeddings": "int", "num_experts": "int", "num_local_experts": "int",
+    "num_experts_per_tok": "int", "moe_intermediate_size": "int", "decoder_sparse_step": "int",
+    "mlp_only_layers": "int list", "rms_norm_eps": "number", "rope_theta": "number",
+    "tie_word_embeddings": "bool", "norm_topk_prob": "bool", "attention_bias": "bool",
+    "use_sliding_window": "bool", "model_type": "string", "hidden_act": "string", "layer_types": "string list",
+    "rope_scaling": "object", "rope_parameters": "object", "rope_type": "string", "type": "string",
+}
+_ROPE_FIELDS = ("rope_theta", "rope_type", "type")  # checked inside rope_scaling / rope_parameters
+_NESTED_ONLY = ("rope_type", "type")  # at the top level these are unknown fields, not RoPE fields
+_INT_LIMIT = 2**31  # every count and size is a 32-bit integer; a larger one is a corrupt config, not a model
+
+
+class _WrongType(Exception):
+    """Raised by a `_KINDS` converter for a value of another type."""
+
+
+def _to_int(value: Any) -> int:
+    """An int (numpy's too) in the 32-bit range, never a bool."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or not -_INT_LIMIT <= value < _INT_LIMIT):
+        raise _WrongType
+    return int(value)
+
+
+def _to_number(value: Any) -> float:
+    """An int or float (numpy's too) that is finite as a float, never a bool."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise _WrongType
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise _WrongType from None
+    if not math.isfinite(number):
+        raise _WrongType
+    return number
+
+
+def _to_bool(value: Any) -> bool:
+    """True or False only: "false" and 0 are not booleans."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise _WrongType
+    return bool(value)
+
+
+def _to_string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _WrongType
+    return value
+
+
+def _to_list(item: Callable[[Any], Any]) -> Callable[[Any], tuple]:
+    """A converter for a list (or tuple) whose items each pass `item`; a string is not a list."""
+    def convert(value: Any) -> tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _WrongType
+        return tuple(item(v) for v in value)
+    return convert
+
+
+def _to_object(value: Any) -> dict:
+    if not isinstance(value, Mapping):
+        raise _WrongType
+    return dict(value)
+
+
+# kind -> (what the message says the value must be, converter to the stored Python value).
+_KINDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "int": ("a 32-bit integer", _to_int),
+    "number": ("a finite number", _to_number),
+    "bool": ("a boolean (true or false)", _to_bool),
+    "string": ("a string", _to_string),
+    "int list": ("a list of 32-bit integers", _to_list(_to_int)),
+    "string list": ("a list of strings", _to_list(_to_string)),
+    "object": ("an object (or null)", _to_object),
+}
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """`value` for an error message: its repr (cut to `limit` characters) and its type."""
+    text = repr(value)
+    return f"{text[:limit - 3] + '...' if len(text) > limit else text} ({type(value).__name__})"
+
+
+def _checked(where: str, name: str, value: Any) -> Any:
+    """`value` of field `name` converted by its `_FIELD_TYPES` kind (the last dotted part names the field).
+
+    Raises ValueError "<where>: <name> must be <kind>, got <value> (<type>)" for a value of any other type."""
+    what, convert = _KINDS[_FIELD_TYPES[name.rsplit(".", 1)[-1]]]
+    try:
+        return convert(value)
+    except _WrongType:
+        raise ValueError(f"{where}: {name} must be {what}, got {_show(value)}") from None
+
+
+def _read_config_file(path: str) -> Any:
+    """The parsed JSON of a config file; ValueError naming the file when it is missing, unreadable or not JSON."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8-sig"))  # a byte-order mark is tolerated
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a directory, not a file") from None
+    except OSError as e:
+        raise ValueError(f"config file {path} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})"
+                         ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"config file {path} is not valid JSON: nested too deeply") from None
+
+
 _PRESETS: dict[str, dict[str, Any]] = {
     "qwen3-0.6b": dict(num_hidden_layers=28, hidden_size=1024, num_attention_heads=16, num_key_value_heads=8,
                        intermediate_size=3072, tie_word_embeddings=True),
@@ -56,6 +178,42 @@ _PRESETS: dict[str, dict[str, Any]] = {
                             intermediate_size=12288, tie_word_embeddings=False, num_experts=128,
                             num_experts_per_tok=8, moe_intermediate_size=1536, norm_topk_prob=True),
 }
+
+
+_POSITIVE_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "head_dim", "max_position_embeddings", "decoder_sparse_step")
+
+
+def _validated(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Every Qwen3Config field in `values` converted to its `_FIELD_TYPES` kind, then range-checked.
+
+    The one home of Qwen3Config's rules, for the constructor and for config.json alike. Raises ValueError
+    "<where>: <field> ..." naming the first bad field."""
+    v = {name: _checked(where, name, value) for name, value in values.items()}
+    for name in _POSITIVE_INT_FIELDS:
+        if v[name] < 1:
+            raise ValueError(f"{where}: {name} must be a positive integer, got {v[name]}")
+    if v["num_attention_heads"] % v["num_key_value_heads"]:
+        raise ValueError(f"{where}: num_attention_heads ({v['num_attention_heads']}) must be divisible by "
+                         f"num_key_value_heads ({v['num_key_value_heads']})")
+    if v["head_dim"] % 2:
+        raise ValueError(f"{where}: head_dim must be even for rotary embeddings, got {v['head_dim']}")
+    for name in ("rms_norm_eps", "rope_theta"):
+        if not v[name] > 0:
+            raise ValueError(f"{where}: {name} must be > 0, got {v[name]}")
+    if v["num_experts"] < 0:
+        raise ValueError(f"{where}: num_experts must be >= 0, got {v['num_experts']}")
+    if v["num_experts"]:
+        if not 1 <= v["num_experts_per_tok"] <= v["num_experts"]:
+            raise ValueError(f"{where}: num_experts_per_tok must be in [1, num_experts={v['num_experts']}], "
+                             f"got {v['num_experts_per_tok']}")
+        if v["moe_intermediate_size"] < 1:
+            raise ValueError(f"{where}: moe_intermediate_size must be positive for MoE, got "
+                             f"{v['moe_intermediate_size']}")
+    bad = [i for i in v["mlp_only_layers"] if not 0 <= i < v["num_hidden_layers"]]
+    if bad:
+        raise ValueError(f"{where}: mlp_only_layers has indices outside [0, {v['num_hidden_layers']}): {bad}")
+    return v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,34 +256,9 @@ class Qwen3Config:
     mlp_only_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mlp_only_layers", tuple(int(i) for i in self.mlp_only_layers))
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim", "max_position_embeddings", "decoder_sparse_step"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"Qwen3Config.{name} must be a positive integer, got {value!r}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"Qwen3Config.num_attention_heads ({self.num_attention_heads}) must be divisible by "
-                f"num_key_value_heads ({self.num_key_value_heads})")
-        if self.head_dim % 2:
-            raise ValueError(f"Qwen3Config.head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if not self.rms_norm_eps > 0:
-            raise ValueError(f"Qwen3Config.rms_norm_eps must be > 0, got {self.rms_norm_eps}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"Qwen3Config.rope_theta must be > 0, got {self.rope_theta}")
-        if self.num_experts < 0:
-            raise ValueError(f"Qwen3Config.num_experts must be >= 0, got {self.num_experts}")
-        if self.num_experts:
-            if not 1 <= self.num_experts_per_tok <= self.num_experts:
-                raise ValueError(f"Qwen3Config.num_experts_per_tok must be in [1, num_experts={self.num_experts}], "
-                                 f"got {self.num_experts_per_tok}")
-            if self.moe_intermediate_size < 1:
-                raise ValueError(
-                    f"Qwen3Config.moe_intermediate_size must be positive for MoE, got {self.moe_intermediate_size}")
-        bad = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
-        if bad:
-            raise ValueError(f"Qwen3Config.mlp_only_layers has indices outside [0, {self.num_hidden_layers}): {bad}")
+        values = _validated({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "Qwen3Config")
+        for name, value in values.items():  # plain Python values: np.int64 and lists become int and tuple
+            object.__setattr__(self, name, value)
 
     # ------------------------------------------------------------------------------------------------ factories
     @classmethod
@@ -146,68 +279,63 @@ class Qwen3Config:
         """Reads a Hugging Face Qwen3/Qwen3-MoE config (a dict, a config.json path, or a directory holding one).
 
         Both transformers spellings are accepted: `rope_theta` (4.x) and `rope_parameters={"rope_theta": ...}` (5.x);
-        `num_experts` and `num_local_experts`. Optional fields take transformers' defaults. Raises ValueError naming
-        the field for an unknown `model_type`, a missing required field, an unknown field, or a field value this
-        port does not implement (e.g. YaRN rope scaling, sliding-window attention).
+        `num_experts` and `num_local_experts`. Optional fields take transformers' defaults. Raises ValueError, one
+        line naming the file (or "config" for a dict) and the field, for a file that is missing or not a JSON
+        object, an unknown `model_type`, a missing required field, an unknown field, a value of the wrong type
+        (`_FIELD_TYPES`: "1e-6" is not a number, "false" not a boolean, 64.0 not an integer), a value out of range,
+        or a field value this port does not implement (e.g. YaRN rope scaling, sliding-window attention).
         """
         if isinstance(path_or_dict, Mapping):
-            raw = dict(path_or_dict)
-        else:
-            path = os.fspath(path_or_dict)
-            if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
-            try:
-                with open(path) as f:
-                    raw = json.load(f)
-            except FileNotFoundError:
-                raise ValueError(f"config file not found: {path}") from None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-        return cls._from_hf_dict(raw)
+            return cls._from_hf_dict(path_or_dict, "config")
+        if not isinstance(path_or_dict, (str, os.PathLike)):
+            raise ValueError(f"a config must be a mapping or a config.json path, got {_show(path_or_dict)}")
+        path = os.fspath(path_or_dict)
+        if os.path.isdir(path):
+            if not os.path.exists(os.path.join(path, "config.json")):
+                raise ValueError(f"config file not found: {path} is a directory without a config.json")
+            path = os.path.join(path, "config.json")
+        return cls._from_hf_dict(_read_config_file(path), path)
 
     @classmethod
-    def _from_hf_dict(cls, raw: dict[str, Any]) -> "Qwen3Config":
-        raw = dict(raw)
+    def _from_hf_dict(cls, raw: Any, where: str) -> "Qwen3Config":
+        """The config of the HF dict `raw`; `where` (the file, or "config") starts every error message."""
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where}: a config must be a JSON object, got {_show(raw)}")
+        raw = {name: value for name, value in raw.items() if name not in _IGNORED_HF_FIELDS}
+        for name, value in raw.items():
+            if name in _FIELD_TYPES and name not in _NESTED_ONLY and value is not None:
+                raw[name] = _checked(where, name, value)
         model_type = raw.pop("model_type", None)
         if model_type not in MODEL_TYPES:
-            raise ValueError(f"config field 'model_type' must be one of {MODEL_TYPES}, got {model_type!r}")
+            raise ValueError(f"{where}: model_type must be one of {MODEL_TYPES}, got {model_type!r}")
         moe = model_type == "qwen3_moe"
-        for name in _IGNORED_HF_FIELDS:
-            raw.pop(name, None)
         for name, expected in _FIXED_HF_FIELDS.items():
-            if name in raw and raw.pop(name) != expected:
-                raise ValueError(f"config field {name!r} must be {expected!r} for Qwen3")
+            if raw.get(name) is not None and raw[name] != expected:
+                raise ValueError(f"{where}: {name} must be {expected!r} for Qwen3, got {raw[name]!r}")
+            raw.pop(name, None)
         layer_types = raw.pop("layer_types", None)
         if layer_types is not None and any(t != "full_attention" for t in layer_types):
-            raise ValueError("config field 'layer_types' has non 'full_attention' layers; sliding-window layers are "
+            raise ValueError(f"{where}: layer_types has non 'full_attention' layers; sliding-window layers are "
                              "not part of Qwen3")
 
-        fields: dict[str, Any] = {}
-        rope_scaling = raw.pop("rope_scaling", None)
-        rope_parameters = raw.pop("rope_parameters", None)
-        for rope in (rope_scaling, rope_parameters):
-            if rope is not None and rope.get("rope_type", rope.get("type", "default")) != "default":
-                raise ValueError(f"config field 'rope_scaling'/'rope_parameters' asks for rope type "
-                                 f"{rope.get('rope_type', rope.get('type'))!r}; only default RoPE is implemented")
-        if "rope_theta" in raw:
-            fields["rope_theta"] = float(raw.pop("rope_theta"))
-        elif rope_parameters is not None and "rope_theta" in rope_parameters:
-            fields["rope_theta"] = float(rope_parameters["rope_theta"])
-        else:
-            fields["rope_theta"] = 10_000.0  # transformers' default when the config names none
-
+        fields: dict[str, Any] = {"rope_theta": cls._rope_theta(raw, where)}
         required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
         if moe:
             required += ["moe_intermediate_size", "num_experts_per_tok"]
-            if "num_local_experts" in raw:
-                if "num_experts" in raw and raw["num_experts"] != raw["num_local_experts"]:
-                    raise ValueError("config fields 'num_experts' and 'num_local_experts' disagree")
+            if raw.get("num_local_experts") is not None:
+                if raw.get("num_experts") is not None and raw["num_experts"] != raw["num_local_experts"]:
+                    raise ValueError(f"{where}: num_experts ({raw['num_experts']}) and num_local_experts "
+                                     f"({raw['num_local_experts']}) disagree")
                 raw["num_experts"] = raw.pop("num_local_experts")
+            raw.pop("num_local_experts", None)
             required.append("num_experts")
         for name in required:
-            if name not in raw:
-                raise ValueError(f"config is missing required field {name!r} (model_type={model_type})")
+            if raw.get(name) is None:
+                raise ValueError(f"{where}: missing required field {name!r} (model_type={model_type})")
             fields[name] = raw.pop(name)
+        if moe and fields["num_experts"] < 1:
+            raise ValueError(f"{where}: num_experts must be >= 1 for model_type qwen3_moe, got "
+                             f"{fields['num_experts']}")
 
         # Optional fields; absent (or null) ones take the dataclass defaults, which are transformers' defaults.
         optional = ["num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings"]
@@ -219,8 +347,31 @@ class Qwen3Config:
                 fields[name] = value
         fields.setdefault("num_key_value_heads", fields["num_attention_heads"])
         if raw:
-            raise ValueError(f"unknown config field(s) for {model_type}: {', '.join(sorted(raw))}")
-        return cls(**fields)
+            raise ValueError(f"{where}: unknown config field(s) for {model_type}: "
+                             f"{', '.join(sorted(map(str, raw)))}")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        return cls(**_validated(defaults | fields, where))
+
+    @staticmethod
+    def _rope_theta(raw: dict[str, Any], where: str) -> float:
+        """Pops the RoPE fields of `raw` and returns the base: `rope_theta`, or the one inside `rope_parameters` /
+        `rope_scaling` (they must agree), or transformers' default 10000. Only default RoPE is implemented."""
+        thetas = {"rope_theta": raw.pop("rope_theta", None)}
+        for name in ("rope_scaling", "rope_parameters"):
+            rope = raw.pop(name, None) or {}
+            for key in _ROPE_FIELDS:
+                if rope.get(key) is not None:
+                    rope[key] = _checked(where, f"{name}.{key}", rope[key])
+            rope_type = rope.get("rope_type") or rope.get("type") or "default"
+            if rope_type != "default":
+                raise ValueError(f"{where}: {name} asks for rope type {rope_type!r}; only default RoPE is "
+                                 "implemented")
+            thetas[f"{name}.rope_theta"] = rope.get("rope_theta")
+        thetas = {name: theta for name, theta in thetas.items() if theta is not None}
+        if len(set(thetas.values())) > 1:
+            raise ValueError(f"{where}: the RoPE bases disagree: "
+                             + ", ".join(f"{name}={theta}" for name, theta in thetas.items()))
+        return next(iter(thetas.values()), 10_000.0)  # transformers' default when the config names none
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The transformers-5 `config.json` dict for this architecture (round-trips through `from_hf_config`)."""

@@ -57,18 +57,18 @@ def temporary_path(path: str | os.PathLike, suffix: str = ".tmp") -> str:
     return _sibling(os.fspath(path), f".{os.getpid()}.{uuid.uuid4().hex[:12]}{suffix}")
 
 
-def check_writable(path: str | os.PathLike, *, directory: bool = False) -> str:
+def check_writable(path: str | os.PathLike, *, directory: bool | None = False) -> str:
     """Refuses an output that cannot be written, before any compute; returns its absolute path.
 
-    `directory`: the output is a directory (a checkpoint, a study); otherwise a file, which must not be an
-    existing directory. The first existing ancestor must be a directory this process can write (the missing
+    `directory`: True for a directory output (a checkpoint, a study), which must not be an existing file; False
+    for a file output, which must not be an existing directory; None for either (an output to be replaced). The first existing ancestor must be a directory this process can write (the missing
     ones are created by the writer), since outputs are written beside themselves and renamed: it is tested by
 creating and removing a file there.
     """
     path = os.path.abspath(os.fspath(path))
-    if not directory and os.path.isdir(path):
+    if directory is False and os.path.isdir(path):
         raise OutputError(f"output {path} is a directory; give a file path")
-    if directory and os.path.exists(path) and not os.path.isdir(path):
+    if directory is True and os.path.exists(path) and not os.path.isdir(path):
         raise OutputError(f"output {path} is a file; give a directory path")
     parent = os.path.dirname(path)
     while not os.path.exists(parent):
@@ -94,7 +94,7 @@ def _holder(lock: str) -> str:
 
 
 @contextlib.contextmanager
-def exclusive(path: str | os.PathLike, *, directory: bool = False) -> Iterator[str]:
+def exclusive(path: str | os.PathLike, *, directory: bool | None = False) -> Iterator[str]:
     """Holds the output's lock for the block (yields the output's absolute path); refuses a second writer.
 
     The output is checked first (`check_writable`; `directory` as there). Raises OutputBusyError when another

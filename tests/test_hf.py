@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import struct
 
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +146,141 @@ def test_integer_tensor_is_refused(hf_checkpoints, tmp_path):
     _edit_tensors(path, lambda t: t.update({"model.norm.weight": np.ones(64, np.int32)}))
     with pytest.raises(CheckpointError, match=r"model\.norm\.weight.*dtype I32"):
         HFCheckpoint(path)
+
+
+def test_tie_word_embeddings_string_is_refused(hf_checkpoints, tmp_path):
+    """"false" is a (truthy) string, not a boolean: it used to make an untied checkpoint "tied", then fail with
+    "config.json says tie_word_embeddings=true"."""
+    path = _copy(hf_checkpoints["dense_untied_g1"], tmp_path / "ckpt")
+    config = json.load(open(os.path.join(path, "config.json")))
+    config["tie_word_embeddings"] = "false"
+    json.dump(config, open(os.path.join(path, "config.json"), "w"))
+    with pytest.raises(ValueError, match=r"config\.json: tie_word_embeddings must be a boolean \(true or false\), "
+                                         r"got 'false' \(str\)"):
+        kj.load_hf_checkpoint(path, dtype=jnp.float32)
+
+
+def _index_with(path: str, edit) -> None:
+    file = os.path.join(path, "model.safetensors.index.json")
+    index = json.load(open(file))
+    with open(file, "w") as f:
+        json.dump(edit(index), f)
+
+
+def _first_tensor_maps_to(shard):
+    def edit(index):
+        index["weight_map"][next(iter(index["weight_map"]))] = shard
+        return index
+    return edit
+
+
+# Each used to raise a raw AttributeError or TypeError, or a one-line message without the cause.
+@pytest.mark.parametrize("edit,message", [
+    (lambda index: [1, 2], r"a JSON array, not an object"),
+    (lambda index: "weights", r"a JSON string, not an object"),
+    (lambda index: {"metadata": {}}, r"no 'weight_map'"),
+    (lambda index: {"weight_map": [1, 2]}, r"'weight_map' is a JSON array, not an object"),
+    (lambda index: {"weight_map": "model.safetensors"}, r"'weight_map' is a JSON string, not an object"),
+    (_first_tensor_maps_to(5), r"tensor '[\w.]+' maps to 5, not a file name in the checkpoint directory"),
+    (_first_tensor_maps_to(None), r"tensor '[\w.]+' maps to None, not a file name"),
+    (_first_tensor_maps_to({"file": "x"}), r"tensor '[\w.]+' maps to \{'file': 'x'\}, not a file name"),
+    (_first_tensor_maps_to("../model-00001-of-00002.safetensors"), r"tensor '[\w.]+' maps to '\.\./model-\S+'"),
+])
+def test_malformed_index(hf_checkpoints, tmp_path, edit, message):
+    path = _copy(hf_checkpoints["dense_g4_sharded"], tmp_path / "ckpt")
+    _index_with(path, edit)
+    with pytest.raises(CheckpointError, match=r"^model\.safetensors\.index\.json: corrupt index \(" + message):
+        HFCheckpoint(path)
+
+
+def test_unreadable_index_and_config(hf_checkpoints, tmp_path):
+    path = _copy(hf_checkpoints["dense_g4_sharded"], tmp_path / "ckpt")
+    index = os.path.join(path, "model.safetensors.index.json")
+    with open(index, "wb") as f:
+        f.write(b"\x80not json")
+    with pytest.raises(CheckpointError, match=r"^model\.safetensors\.index\.json: corrupt index \("):
+        HFCheckpoint(path)
+    os.remove(index)
+    os.mkdir(index)
+    with pytest.raises(CheckpointError, match=r"^model\.safetensors\.index\.json: cannot be read \(Is a directory\)"):
+        HFCheckpoint(path)
+    os.remove(os.path.join(path, "config.json"))
+    os.mkdir(os.path.join(path, "config.json"))
+    with pytest.raises(ValueError, match=r"config\.json is a directory, not a file"):
+        HFCheckpoint(path)
+
+
+def _rewrite_header(path: str, edit) -> None:
+    """Replaces the JSON header of path/model.safetensors by edit(header) (bytes are written as they are)."""
+    file = os.path.join(path, "model.safetensors")
+    data = open(file, "rb").read()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = edit(json.loads(data[8:8 + length]))
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(file, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
+
+
+def _norm_entry(**change):
+    return lambda header: header | {"model.norm.weight": header["model.norm.weight"] | change}
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda header: [1], r"corrupt safetensors header \(a JSON array, not an object\)"),         # AttributeError
+    (lambda header: 5, r"corrupt safetensors header \(a JSON number, not an object\)"),
+    (lambda header: b"[" * 100_000 + b"]" * 100_000, r"corrupt safetensors header \(maximum recursion"),
+    (_norm_entry(shape="ab"), r"corrupt safetensors header entry for tensor 'model\.norm\.weight'"),  # UFuncTypeError
+    (_norm_entry(shape=[-64]), r"corrupt safetensors header entry for tensor 'model\.norm\.weight'"),
+    (_norm_entry(shape=[64.0]), r"corrupt safetensors header entry for tensor 'model\.norm\.weight'"),
+    (_norm_entry(data_offsets=["0", "256"]), r"corrupt safetensors header entry"),                  # TypeError
+    (_norm_entry(data_offsets=[0]), r"corrupt safetensors header entry"),
+    (_norm_entry(dtype=["F32"]), r"corrupt safetensors header entry"),                              # TypeError
+    (lambda header: header | {"model.norm.weight": "F32"}, r"corrupt safetensors header entry"),
+    (_norm_entry(data_offsets=[10**30, 10**30 + 256]), r"file is truncated: tensor 'model\.norm\.weight' ends"),
+    (_norm_entry(shape=[10**30]), r"corrupt header: tensor 'model\.norm\.weight' of shape \(10+,\)"),
+])
+def test_malformed_safetensors_header(hf_checkpoints, tmp_path, edit, message):
+    path = _copy(hf_checkpoints[BAD], tmp_path / "ckpt")
+    _rewrite_header(path, edit)
+    with pytest.raises(CheckpointError, match=r"^model\.safetensors: " + message):
+        HFCheckpoint(path)
+
+
+def test_safetensors_file_shorter_than_its_header(hf_checkpoints, tmp_path):
+    path = _copy(hf_checkpoints[BAD], tmp_path / "ckpt")
+    file = os.path.join(path, "model.safetensors")
+    os.truncate(file, 4)
+    with pytest.raises(CheckpointError, match=r"^model\.safetensors: file is truncated \(no safetensors header\)$"):
+        HFCheckpoint(path)
+    with open(file, "wb") as f:
+        f.write(struct.pack("<Q", 10**6) + b"{}")
+    with pytest.raises(CheckpointError, match=r"^model\.safetensors: file is truncated or corrupt \(header of "
+                                              r"1000000 bytes, file of 10 bytes\)$"):
+        HFCheckpoint(path)
+
+
+def test_safetensors_file_that_is_a_directory(hf_checkpoints, tmp_path):
+    path = _copy(hf_checkpoints[BAD], tmp_path / "ckpt")
+    os.remove(os.path.join(path, "model.safetensors"))
+    os.mkdir(os.path.join(path, "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"^model\.safetensors: cannot be read \(Is a directory\)"):
+        HFCheckpoint(path)
+
+
+@pytest.mark.parametrize("dtype,message", [
+    ("int8", "dtype int8 is not supported: use one of bfloat16, float16, float32"),
+    (jnp.int32, "dtype int32 is not supported"),
+    ("bool", "dtype bool is not supported"),
+    ("float64", "dtype float64 is not supported"),
+    (None, "dtype None is not supported"),
+    ("bf17", "dtype 'bf17' is not a dtype: use one of bfloat16, float16, float32"),
+])
+def test_load_refuses_non_float_dtypes_before_reading(tmp_path, dtype, message):
+    """An integer dtype used to fail deep in the initializers; float64 and None used to load as float32."""
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        kj.load_hf_checkpoint(tmp_path / "not-read", dtype=dtype)
+    assert type(error.value) is ValueError  # the dtype, not the (missing) checkpoint
+    if dtype is not None:  # param_dtype=None means "as dtype"
+        with pytest.raises(ValueError, match=re.escape(message.replace("dtype", "param_dtype", 1))):
+            kj.load_hf_checkpoint(tmp_path / "not-read", dtype=jnp.float32, param_dtype=dtype)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors.numpy import load_file, save_file
 
 import kinetics_jax as kj
-from kinetics_jax.checkpoint import CheckpointError, orbax_io
+from kinetics_jax import outputs
+from kinetics_jax.checkpoint import CheckpointError, layout, orbax_io
 
 
 def _params(model) -> dict:
@@ -68,12 +73,44 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(hf_checkpoints,
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(outputs.OutputError, match="already exists"):
         kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], out)
     assert os.listdir(out) == ["keep.txt"]
     kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], out, overwrite=True)
     assert "keep.txt" not in os.listdir(out) and "params" in os.listdir(out)
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary directories left behind
+
+
+def test_overwriting_a_plain_file_leaves_nothing_behind(hf_checkpoints, tmp_path):
+    (tmp_path / "out").write_text("not a checkpoint")
+    kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], tmp_path / "out", overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # it used to leave .out.old (rmtree of a file failed silently)
+    assert "params" in os.listdir(tmp_path / "out")
+
+
+def test_output_that_is_or_holds_the_source_is_refused(hf_checkpoints, tmp_path):
+    """--hf_dir=X --output_dir=X --overwrite used to convert and then delete the source safetensors."""
+    src = tmp_path / "models" / "src"
+    shutil.copytree(hf_checkpoints["dense_tied_g2"], src)
+    before = sorted(os.listdir(src))
+    for out in (src, tmp_path / "models", tmp_path / "models" / "src" / ".." / "src"):
+        with pytest.raises(outputs.OutputError, match="is or holds the source"):
+            kj.convert_hf_checkpoint(src, out, overwrite=True)
+    assert sorted(os.listdir(src)) == before and sorted(os.listdir(tmp_path / "models")) == ["src"]
+    kj.convert_hf_checkpoint(src, src / "orbax")  # inside the source is fine: replacing it deletes no source
+    assert "params" in os.listdir(src / "orbax")
+
+
+def test_a_second_conversion_to_one_output_is_refused(hf_checkpoints, tmp_path):
+    """Two conversions to one --output_dir shared .<name>.partial and its journal (one then reported success and
+    left a checkpoint missing lm_head): the output's lock now refuses the second writer before it writes."""
+    out = tmp_path / "out"
+    with outputs.exclusive(out, directory=True):  # another conversion holds it
+        with pytest.raises(outputs.OutputBusyError, match="out is already being written by this process"):
+            kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], out)
+        assert not os.path.exists(tmp_path / ".out.partial")
+    kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], out)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
 def test_failed_conversion_writes_nothing(hf_checkpoints, tmp_path):
@@ -166,3 +203,120 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(kj.Qwen3Config.preset("qwen3-0.6b").to_hf_dict()))
     with pytest.raises(CheckpointError, match="params"):
         kj.load_checkpoint(tmp_path, dtype=jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def converted(hf_checkpoints, tmp_path_factory) -> str:
+    """A converted tiny checkpoint, copied (never changed) by the damage tests."""
+    out = tmp_path_factory.mktemp("converted") / "ckpt"
+    kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], out)
+    return os.fspath(out)
+
+
+def _damage(path: str, how: str) -> None:
+    size = os.path.getsize(path)
+    if how == "truncate":
+        os.truncate(path, size // 2)
+    elif how == "zero":
+        with open(path, "r+b") as f:
+            f.write(b"\0" * size)
+    else:
+        os.remove(path)
+
+
+# (files under params/, how they are damaged, what the one-line error says). The per-array data files live in
+# ocdbt.process_*/d/; params/*/d/ holds the b-tree nodes; manifest.ocdbt, _METADATA and array_metadatas/ index
+# them. Every case used to raise a TensorStore text of ~80 lines, an AttributeError or a JSONDecodeError.
+DAMAGE = [
+    ("ocdbt.process_*/d/*", "truncate", r"cannot read array [\w.]+: OUT_OF_RANGE: \.\.\..*Requested byte range"),
+    ("ocdbt.process_*/d/*", "zero", r"cannot read array [\w.]+: DATA_LOSS: \.\.\..*Digest mismatch"),
+    ("ocdbt.process_*/d/*", "delete", r"cannot read array [\w.]+: DATA_LOSS: "),
+    ("manifest.ocdbt", "truncate", r"array metadata is unreadable: DATA_LOSS: .*Error decoding manifest"),
+    ("d/*", "zero", r"array metadata is unreadable: DATA_LOSS: .*Error decoding b-tree node"),
+    ("_METADATA", "truncate", r"array metadata is unreadable: Unterminated string"),
+    ("array_metadatas/*", "truncate", r"cannot read array [\w.]+: JSONDecodeError: "),
+]
+
+
+# orbax leaves the reads still in flight after the first failure as coroutines that Python reports when they are
+# collected; that is orbax's noise, not the error under test.
+ORBAX_LEFTOVERS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@ORBAX_LEFTOVERS
+@pytest.mark.parametrize("pattern,how,message", DAMAGE)
+def test_damaged_checkpoint_fails_with_one_line(converted, tmp_path, pattern, how, message):
+    ckpt = shutil.copytree(converted, tmp_path / "ckpt")
+    files = sorted(glob.glob(os.path.join(ckpt, orbax_io.PARAMS_DIR, "*", pattern)))
+    assert files, pattern
+    for file in files:
+        _damage(file, how)
+    with pytest.raises(CheckpointError) as error:
+        kj.load_checkpoint(ckpt, dtype=jnp.float32)
+    text = str(error.value)
+    assert "\n" not in text and len(text) < 320 + len(os.fspath(ckpt)), text
+    assert os.fspath(ckpt) in text and re.search(message, text), text
+
+
+@ORBAX_LEFTOVERS
+def test_each_damaged_layer_is_named(converted, tmp_path):
+    """The layers of a stacked leaf are restored in one call; the error still names the layer that is damaged.
+    Each data file holds one write group (one layer, or one global array): deleting one names an array of it."""
+    named = set()
+    data = os.path.join(orbax_io.PARAMS_DIR, "*", "ocdbt.process_*", "d", "*")
+    for i, file in enumerate(sorted(glob.glob(os.path.join(converted, data)))):
+        ckpt = shutil.copytree(converted, tmp_path / str(i))
+        os.remove(os.path.join(ckpt, os.path.relpath(file, converted)))
+        try:
+            kj.load_checkpoint(ckpt, dtype=jnp.float32)
+        except CheckpointError as e:
+            named.add(layout.write_group(re.search(r"cannot read array ([\w.]+):", str(e)).group(1)))
+    assert {"layers.0", "layers.1", "layers.2"} <= named, named
+
+
+@pytest.mark.parametrize("dtype,message", [
+    ("int8", "dtype int8 is not supported: use one of bfloat16, float16, float32"),   # wrote an all-zero model
+    ("int32", "dtype int32 is not supported"),
+    ("bool", "dtype bool is not supported"),                                          # wrote an all-ones model
+    ("float64", "dtype float64 is not supported"),                                    # wrote float32
+    ("bf17", "dtype 'bf17' is not a dtype"),                                          # TypeError
+])
+def test_convert_refuses_non_float_dtypes_before_writing(hf_checkpoints, tmp_path, dtype, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        kj.convert_hf_checkpoint(hf_checkpoints["dense_tied_g2"], tmp_path / "out", dtype=dtype)
+    assert os.listdir(tmp_path) == []
+
+
+def test_convert_refuses_a_float64_source_without_a_dtype(hf_checkpoints, tmp_path):
+    src = shutil.copytree(hf_checkpoints["dense_tied_g2"], tmp_path / "src")
+    tensors = load_file(src / "model.safetensors")
+    save_file({k: v.astype(np.float64) for k, v in tensors.items()}, src / "model.safetensors")
+    with pytest.raises(ValueError, match="stores float64 tensors, which the checkpoint format does not keep"):
+        kj.convert_hf_checkpoint(src, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+    kj.convert_hf_checkpoint(src, tmp_path / "out", dtype=jnp.float32)
+
+
+@pytest.mark.parametrize("dtype", ["int8", None, "float64"])
+def test_load_checkpoint_and_load_model_refuse_non_float_dtypes(dtype):
+    with pytest.raises(ValueError, match=f"dtype {dtype} is not supported"):
+        kj.load_checkpoint("tiny-s", dtype=dtype)
+    with pytest.raises(ValueError, match=f"dtype {dtype} is not supported"):
+        kj.load_model("tiny-s", dtype=dtype)
+
+
+def test_integer_checkpoint_is_refused(tmp_path):
+    """A checkpoint whose arrays are integers (as the int8 conversion wrote) would load as all zeros."""
+    config = kj.Qwen3Config(vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=4, tie_word_embeddings=True)
+    model = kj.Qwen3ForCausalLM(config, rngs=nnx.Rngs(0))
+    for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        var.set_value(var.get_value().astype(jnp.int8))
+    kj.save_checkpoint(model, tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match=r"array '[\w.]+' in .* has dtype int8; only floating checkpoints"):
+        kj.load_checkpoint(tmp_path / "ckpt", dtype=jnp.float32)
+
+
+def test_missing_checkpoint_directory(tmp_path):
+    with pytest.raises(CheckpointError, match=f"checkpoint directory not found: {tmp_path / 'nowhere'}"):
+        kj.load_checkpoint(tmp_path / "nowhere", dtype=jnp.float32)

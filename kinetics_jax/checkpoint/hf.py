@@ -31,8 +31,28 @@ _FLOAT_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat1
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 
+# The dtypes a model can be loaded or converted in. A cast to an integer or boolean dtype destroys the weights
+# (int8 truncates them all to 0), and float64 does not survive jax's default float32 (nor the orbax restore).
+DTYPES = ("bfloat16", "float16", "float32")
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing, malformed, or does not match its config. The message names the file or tensor."""
+
+
+def checked_dtype(dtype: DType, what: str = "dtype") -> np.dtype:
+    """`dtype` as a numpy dtype if it is one of DTYPES; otherwise ValueError naming `what` and the dtype.
+
+    The one rule for every dtype a checkpoint is loaded or converted to. None is refused too: callers for which
+    None means "keep the stored dtype" test it first."""
+    try:
+        resolved = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} {dtype!r} is not a dtype: use one of {', '.join(DTYPES)}") from None
+    if resolved is None or resolved.name not in DTYPES:
+        name = "None" if resolved is None else resolved.name
+        raise ValueError(f"{what} {name} is not supported: use one of {', '.join(DTYPES)}")
+    return resolved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +74,42 @@ class _Source:
     index: tuple[slice, ...] | None = None
 
 
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed JSON value's type ("array" for a list, "null" for None), for messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative JSON integer (never a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _header_entry(path: str, tensor: str, entry: object, data_size: int, data_start: int) -> _TensorInfo:
+    """One checked safetensors header entry: a string dtype, a shape of counts, [begin, end] offsets inside the
+    data section (which has `data_size` bytes from byte `data_start`) that span exactly the shape's bytes (for
+    the float dtypes)."""
+    name = os.path.basename(path)
+    corrupt = CheckpointError(f"{name}: corrupt safetensors header entry for tensor {tensor!r}")
+    if not isinstance(entry, dict):
+        raise corrupt
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if (not isinstance(dtype, str) or not isinstance(shape, list) or not all(map(_is_count, shape))
+            or not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets))):
+        raise corrupt
+    begin, end = offsets
+    if end > data_size:
+        raise CheckpointError(f"{name}: file is truncated: tensor {tensor!r} ends at byte {end} of the data "
+                              f"section, which has {data_size} bytes")
+    size = 1
+    for dim in shape:
+        size *= dim  # Python ints: a huge corrupt shape cannot overflow
+    if begin > end or (dtype in _DTYPE_BYTES and end - begin != size * _DTYPE_BYTES[dtype]):
+        raise CheckpointError(f"{name}: corrupt header: tensor {tensor!r} of shape {tuple(shape)} and dtype "
+                              f"{dtype} spans bytes [{begin}, {end})")
+    return _TensorInfo(path, dtype, tuple(shape), data_start + begin)
+
+
 def _read_header(path: str) -> dict[str, _TensorInfo]:
     """Parses one safetensors header and checks that every tensor's bytes lie inside the file."""
     name = os.path.basename(path)
@@ -70,35 +126,48 @@ def _read_header(path: str) -> dict[str, _TensorInfo]:
             header = json.loads(f.read(header_len))
     except FileNotFoundError:
         raise CheckpointError(f"safetensors file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{name}: corrupt safetensors header ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{name}: cannot be read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
+        raise CheckpointError(f"{name}: corrupt safetensors header ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{name}: corrupt safetensors header (a JSON {_json_type(header)}, not an object)")
     header.pop("__metadata__", None)
-    data_size = size - 8 - header_len
-    infos = {}
-    for tensor, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{name}: corrupt safetensors header entry for tensor {tensor!r}") from None
-        if end > data_size:
-            raise CheckpointError(f"{name}: file is truncated: tensor {tensor!r} ends at byte {end} of the data "
-                                  f"section, which has {data_size} bytes")
-        if dtype in _DTYPE_BYTES and end - begin != int(np.prod(shape)) * _DTYPE_BYTES[dtype]:
-            raise CheckpointError(f"{name}: corrupt header: tensor {tensor!r} of shape {shape} and dtype {dtype} "
-                                  f"spans {end - begin} bytes")
-        infos[tensor] = _TensorInfo(path, dtype, shape, 8 + header_len + begin)
-    return infos
+    return {tensor: _header_entry(path, tensor, entry, size - 8 - header_len, 8 + header_len)
+            for tensor, entry in header.items()}
+
+
+def _read_weight_map(index_path: str) -> dict[str, str]:
+    """The checked `weight_map` of a model.safetensors.index.json: an object of tensor name -> shard file name
+    (a plain file name in the checkpoint directory)."""
+    name = os.path.basename(index_path)
+    try:
+        with open(index_path, "rb") as f:
+            index = json.loads(f.read())
+    except OSError as e:
+        raise CheckpointError(f"{name}: cannot be read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
+        raise CheckpointError(f"{name}: corrupt index ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(index, dict):
+        raise CheckpointError(f"{name}: corrupt index (a JSON {_json_type(index)}, not an object)")
+    if "weight_map" not in index:
+        raise CheckpointError(f"{name}: corrupt index (no 'weight_map')")
+    weight_map = index["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{name}: corrupt index ('weight_map' is a JSON {_json_type(weight_map)}, not an "
+                              f"object)")
+    for tensor, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard or shard in (".", ".."):
+            raise CheckpointError(f"{name}: corrupt index (tensor {tensor!r} maps to {shard!r}, not a file name "
+                                  f"in the checkpoint directory)")
+    return weight_map
 
 
 def _read_index(hf_dir: str) -> dict[str, _TensorInfo]:
     """All tensors of the checkpoint: model.safetensors, or the shards listed in model.safetensors.index.json."""
     index_path = os.path.join(hf_dir, "model.safetensors.index.json")
     if os.path.exists(index_path):
-        try:
-            with open(index_path) as f:
-                weight_map: dict[str, str] = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"model.safetensors.index.json: corrupt index ({e})") from None
+        weight_map = _read_weight_map(index_path)
         tensors: dict[str, _TensorInfo] = {}
         for shard in sorted(set(weight_map.values())):
             path = os.path.join(hf_dir, shard)
@@ -203,6 +272,10 @@ class HFCheckpoint:
                 raise CheckpointError(f"tensor {name!r} has dtype {info.dtype}; only float checkpoints "
                                       f"({', '.join(_FLOAT_DTYPES)}) are supported")
 
+    def stored_dtypes(self) -> set[str]:
+        """The safetensors dtypes ("BF16", "F32", ...) of the tensors the model is built from."""
+        return {self._tensors[name].dtype for source in self._sources.values() for name in source.names}
+
     def num_tensors(self, key: str) -> int:
         """HF tensors read to build `key`."""
         return len(self._sources[key].names)
@@ -262,11 +335,16 @@ def load_hf_checkpoint(hf_dir: str | os.PathLike, *, dtype: DType, param_dtype: 
                        mesh: Mesh | None = None) -> Qwen3ForCausalLM:
     """Loads a Hugging Face Qwen3 / Qwen3-MoE checkpoint directory into a `Qwen3ForCausalLM`.
 
-    Tensors are read one at a time (memory-mapped) and placed leaf by leaf: peak host memory is the model plus
-    one stacked parameter. `dtype` is the compute dtype; `param_dtype` the storage dtype (default: `dtype`).
-    `mesh`: place the parameters on it by kinetics_jax.distributed.RULES (default: this process's first device).
-    Raises CheckpointError naming the file or tensor on any malformed input.
+    Tensors are read one at a time (positioned reads, no memory map) and placed leaf by leaf: peak host memory is
+    the model plus one stacked parameter. `dtype` is the compute dtype; `param_dtype` the storage dtype (default:
+    `dtype`). `mesh`: place the parameters on it by kinetics_jax.distributed.RULES (default: this process's first
+    device).
+    Raises CheckpointError naming the file or tensor on any malformed input, and ValueError for a dtype not in
+    DTYPES (before anything is read).
     """
+    checked_dtype(dtype)
+    if param_dtype is not None:
+        checked_dtype(param_dtype, "param_dtype")
     checkpoint = HFCheckpoint(hf_dir)
     checkpoint.check_tied_copy()
     return layout.assemble(checkpoint.config, checkpoint.reader(), dtype=dtype,
