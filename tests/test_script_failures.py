@@ -66,6 +66,15 @@ def _copy_tiny(cwd: str) -> None:
     shutil.copytree(TINY, os.path.join(cwd, "ckpt"))
 
 
+def _truncated_orbax(cwd: str) -> None:
+    """The tiny checkpoint converted to orbax at cwd/orbax, its largest array data file cut to 100 bytes."""
+    import kinetics_jax as kj
+    kj.convert_hf_checkpoint(TINY, os.path.join(cwd, "orbax"))
+    files = [os.path.join(d, f) for d, _, names in os.walk(os.path.join(cwd, "orbax", "params"))
+             for f in names if os.path.basename(d) == "d"]
+    os.truncate(max(files, key=os.path.getsize), 100)
+
+
 def _steps(*setups: Callable[[str], None]) -> Callable[[str], None]:
     def setup(cwd: str) -> None:
         for step in setups:
@@ -106,6 +115,8 @@ CASES = {
                                            _write("p.txt", b"ok\n\xff\xfe\n")),
     "generate-checkpoint-missing": Case("generate.py", ("--prompt=x", "--checkpoint=nowhere", *_GEN),
                                         "nowhere"),
+    "generate-orbax-truncated": Case("generate.py", ("--prompt=x", "--checkpoint=orbax", *_GEN),
+                                     r"orbax: cannot read array \S+: OUT_OF_RANGE", _truncated_orbax),
     "generate-config-wrong-type": Case("generate.py", ("--prompt=x", "--checkpoint=ckpt", *_GEN),
                                        "rms_norm_eps", _tiny_with(rms_norm_eps="1e-6")),
     "generate-temperature-inf": Case("generate.py", ("--prompt=x", "--temperature=inf", *_GEN), "temperature"),
