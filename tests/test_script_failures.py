@@ -147,6 +147,9 @@ CASES = {
                                 "out is being written by another process", _copy_tiny, held="out"),
     "convert-output-exists": Case("convert_checkpoint.py", ("--hf_dir=ckpt", "--output_dir=out"),
                                   "out already exists", _steps(_copy_tiny, _write("out", "x"))),
+    "convert-config-wrong-type": Case("convert_checkpoint.py", ("--hf_dir=ckpt", "--output_dir=out"),
+                                      r"config.json: rms_norm_eps must be a finite number, got '1e-6' \(str\)",
+                                      _tiny_with(rms_norm_eps="1e-6")),
     "convert-int-dtype-refused": Case("convert_checkpoint.py", ("--hf_dir=ckpt", "--output_dir=out",
                                                                 "--dtype=int8"), "dtype", _copy_tiny),
     # the others

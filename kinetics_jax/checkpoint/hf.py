@@ -110,6 +110,17 @@ def _header_entry(path: str, tensor: str, entry: object, data_size: int, data_st
     return _TensorInfo(path, dtype, tuple(shape), data_start + begin)
 
 
+def _json_object(data: bytes, what: str) -> dict:
+    """The JSON object in `data` (UTF-8), or CheckpointError("<what> (<why>)")."""
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
+        raise CheckpointError(f"{what} ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{what} (a JSON {_json_type(value)}, not an object)")
+    return value
+
+
 def _read_header(path: str) -> dict[str, _TensorInfo]:
     """Parses one safetensors header and checks that every tensor's bytes lie inside the file."""
     name = os.path.basename(path)
@@ -123,15 +134,12 @@ def _read_header(path: str) -> dict[str, _TensorInfo]:
             if header_len > size - 8:
                 raise CheckpointError(f"{name}: file is truncated or corrupt (header of {header_len} bytes, "
                                       f"file of {size} bytes)")
-            header = json.loads(f.read(header_len))
+            header_bytes = f.read(header_len)
     except FileNotFoundError:
         raise CheckpointError(f"safetensors file not found: {path}") from None
     except OSError as e:
         raise CheckpointError(f"{name}: cannot be read ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
-        raise CheckpointError(f"{name}: corrupt safetensors header ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{name}: corrupt safetensors header (a JSON {_json_type(header)}, not an object)")
+    header = _json_object(header_bytes, f"{name}: corrupt safetensors header")
     header.pop("__metadata__", None)
     return {tensor: _header_entry(path, tensor, entry, size - 8 - header_len, 8 + header_len)
             for tensor, entry in header.items()}
@@ -143,13 +151,10 @@ def _read_weight_map(index_path: str) -> dict[str, str]:
     name = os.path.basename(index_path)
     try:
         with open(index_path, "rb") as f:
-            index = json.loads(f.read())
+            data = f.read()
     except OSError as e:
         raise CheckpointError(f"{name}: cannot be read ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
-        raise CheckpointError(f"{name}: corrupt index ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(index, dict):
-        raise CheckpointError(f"{name}: corrupt index (a JSON {_json_type(index)}, not an object)")
+    index = _json_object(data, f"{name}: corrupt index")
     if "weight_map" not in index:
         raise CheckpointError(f"{name}: corrupt index (no 'weight_map')")
     weight_map = index["weight_map"]
