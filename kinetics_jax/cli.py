@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import warnings
 from typing import Callable, NoReturn, Sequence
 
 from absl import app, flags, logging
@@ -28,6 +30,12 @@ def fail(message: object) -> NoReturn:
     """Prints `<script>: error: <message>` (on one line) to stderr and exits with code 1."""
     text = " ".join(str(message).split("\n")).strip()
     print(f"{_prog()}: error: {text}", file=sys.stderr, flush=True)
+    # The failed work's leftovers are not new errors: orbax, for one, abandons the reads of a damaged checkpoint
+    # as coroutines that raised, and Python reports each ("Exception ignored in ...") when it finalizes them on
+    # the way out; threads of a failed job may raise once its resources are gone.
+    sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
+    warnings.simplefilter("ignore")
     sys.exit(1)
 
 

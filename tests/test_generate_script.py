@@ -34,21 +34,9 @@ def test_generates_jsonl_records(tmp_path):
     assert not os.path.exists(str(out) + ".tmp")
 
 
-def test_bad_flags_exit_nonzero(tmp_path):
-    assert _run("--prompt=hi", "--top_p=0").returncode != 0
-    assert _run("--prompt=hi", "--num_samples=0").returncode != 0
-    assert _run("--prompt=hi", "--max_new_tokens=0").returncode != 0
-    no_prompt = _run()
-    assert no_prompt.returncode != 0 and "--prompt" in no_prompt.stderr
-
-
 def test_sparse_attention_flags(tmp_path):
     out = tmp_path / "sparse.jsonl"
     result = _run("--prompt=Count to ten.", "--max_new_tokens=40", "--temperature=0", "--attention=block_topk",
                   "--block_topk=1", "--attention_backend=pallas", f"--output={out}")
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == 1
-    bad = _run("--prompt=hi", "--attention=block_topk")  # no budget
-    assert bad.returncode != 0 and "block_topk" in bad.stderr
-    bad = _run("--prompt=hi", "--attention=sliding_window", "--local=8", "--topk=3")
-    assert bad.returncode != 0 and "topk" in bad.stderr

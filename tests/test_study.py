@@ -135,14 +135,3 @@ def test_study_script_end_to_end_on_a_shipped_model(tmp_path):
                 and scaling.policy_label(scaling.attention_config(r["config"]["attention"])) == row["policy"]]
         assert row["pass_at"]["1"] == pytest.approx(np.mean(mine))
     assert "| tiny-s | 0.11M | dense |" in done.stdout
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--task=aime24"], "needs --dataset_path"),
-    (["--policies=dense,sparse"], "unknown attention policy"),
-    (["--models=tiny-s,tiny-s"], "distinct"),
-    (["--dataset_path=x.jsonl"], "math tasks"),
-])
-def test_study_script_refuses_bad_flags(tmp_path, flags, message):
-    done = _study(tmp_path, *flags)
-    assert done.returncode != 0 and message in done.stderr
