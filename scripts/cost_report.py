@@ -41,8 +41,8 @@ _CONFIG = flags.DEFINE_string("config", "qwen3-8b", "Preset name, config.json, o
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 1024, "Prompt tokens (Li).", lower_bound=1)
 _GEN_LEN = flags.DEFINE_integer("gen_len", 8192, "Generated tokens per sample (Lo).", lower_bound=1)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (N).", lower_bound=1)
-_BUDGETS = flags.DEFINE_list("budgets", ["256", "512", "1024", "2048"],
-                             "Block top-k budgets (selected tokens per step, multiples of --block_size).")
+_BUDGETS = cli.define_int_list("budgets", [256, 512, 1024, 2048],
+                               "Block top-k budgets (selected tokens per step, multiples of --block_size).")
 _HARDWARE = flags.DEFINE_enum("hardware", "B200", sorted(cost.HARDWARE), "Hardware to price on.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "KV cache dtype.")
 _RESULTS = flags.DEFINE_string("results", None, "jsonl of scripts/generate.py to price instead.")
@@ -66,7 +66,7 @@ def _config(spec: str) -> kj.Qwen3Config:
 def _policies(base: kj.AttentionConfig) -> list[kj.AttentionConfig]:
     """Dense, block top-k at each budget, and the flags' policy if it is another one."""
     rows = [kj.AttentionConfig(backend=base.backend)]
-    for budget in (int(b) for b in _BUDGETS.value):
+    for budget in cli.int_list(_BUDGETS):
         if budget < base.block_size or budget % base.block_size:
             raise ValueError(f"--budgets {budget} is not a positive multiple of --block_size {base.block_size}")
         sink, local = (base.sink, base.local) if base.kind != "dense" else (4, 0)

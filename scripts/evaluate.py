@@ -53,8 +53,8 @@ _STRATEGY = flags.DEFINE_enum("strategy", "best_of_n", ["best_of_n", "long_cot"]
                               "best_of_n: N samples; long_cot: N chains with the repetition stop.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Samples per problem (N).", lower_bound=1)
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 4096, "Generation budget per sample.", lower_bound=1)
-_BUDGETS = flags.DEFINE_list("truncation_budgets", None, "Token budgets at which traces are re-graded "
-                             "(default: 2048, 4096, ... below --max_new_tokens).")
+_BUDGETS = cli.define_int_list("truncation_budgets", None, "Token budgets at which traces are re-graded "
+                               "(default: 2048, 4096, ... below --max_new_tokens).")
 _SKIP_OVERLONG = flags.DEFINE_bool("skip_overlong", False, "Skip (and list in the summary) the problems whose prompt "
                                    "+ --max_new_tokens exceed the model's context, instead of refusing the run.")
 _BATCH = flags.DEFINE_integer("problems_per_batch", 4, "Problems decoded together (x N sequences).",
@@ -71,10 +71,7 @@ distributed_flags.define_flags()
 
 def _budgets() -> list[int]:
     if _BUDGETS.value is not None:
-        budgets = sorted({int(b) for b in _BUDGETS.value})
-        if budgets and budgets[0] < 1:
-            raise ValueError(f"--truncation_budgets must be >= 1, got {budgets[0]}")
-        return budgets
+        return sorted(set(cli.int_list(_BUDGETS)))
     return [b for b in (2048 * 2 ** i for i in range(16)) if b < _MAX_NEW.value]
 
 

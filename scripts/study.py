@@ -54,7 +54,7 @@ _BATCH = flags.DEFINE_integer("problems_per_batch", 16, "Problems decoded togeth
                               lower_bound=1)
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Generation budget per sample (default: the task's).",
                                 lower_bound=1)
-_BUDGETS = flags.DEFINE_list("truncation_budgets", None, "Long-CoT budgets in tokens (default: the task's).")
+_BUDGETS = cli.define_int_list("truncation_budgets", None, "Long-CoT budgets in tokens (default: the task's).")
 sampling_flags.define_flags()
 flags.FLAGS.set_default("temperature", 1.0)
 flags.FLAGS.set_default("top_p", 1.0)
@@ -70,10 +70,7 @@ def _task() -> study.Task:
     if _MAX_NEW.value is not None:
         overrides["max_new_tokens"] = _MAX_NEW.value
     if _BUDGETS.value is not None:
-        budgets = sorted({int(b) for b in _BUDGETS.value})
-        if budgets and budgets[0] < 1:
-            raise ValueError(f"--truncation_budgets must be >= 1, got {budgets[0]}")
-        overrides["truncation_budgets"] = tuple(budgets)
+        overrides["truncation_budgets"] = tuple(sorted(set(cli.int_list(_BUDGETS))))
     if _TASK.value == "chase":
         if _DATASET_PATH.value:
             raise ValueError("--dataset_path is for the math tasks; the chase task generates its problems")

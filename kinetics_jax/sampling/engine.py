@@ -446,10 +446,8 @@ def prepare(model: Qwen3ForCausalLM, prompts: list[np.ndarray], streams: np.ndar
     cache sized from arithmetic and refused (check_cache_fits) before anything per sample is built, then the
     cache plans per data shard and the host inputs of `_generate_jit`. The model may be abstract (compile-only
     planning)."""
-    attention.check_layers(model.config.num_hidden_layers)
-    distributed.check_mesh(model.config, mesh)
     lengths = [a.size for a in prompts]
-    check_cache_fits(model, lengths, num_samples, max_new_tokens, attention, mesh, cache_budget_bytes)
+    _check_placement(model, lengths, num_samples, max_new_tokens, attention, mesh, cache_budget_bytes)
     split, plans = distributed.request_plans(lengths, num_samples, max_new_tokens, attention,
                                              mesh.shape[distributed.DATA])
     static = _Static(nnx.graphdef(model), mesh, sampling, attention, split.samples_per_shard,
@@ -458,20 +456,32 @@ def prepare(model: Qwen3ForCausalLM, prompts: list[np.ndarray], streams: np.ndar
     return Program(static, _shard_inputs(plans, split, prompts, streams), split)
 
 
+def _check_placement(model: Qwen3ForCausalLM, lengths: Sequence[int], num_samples: int, max_new_tokens: int,
+                     attention: AttentionConfig, mesh: Mesh | AbstractMesh, cache_budget_bytes: int) -> None:
+    """The checks of a request against the model and mesh: the policy's layers, the mesh, the cache budget."""
+    attention.check_layers(model.config.num_hidden_layers)
+    distributed.check_mesh(model.config, mesh)
+    check_cache_fits(model, lengths, num_samples, max_new_tokens, attention, mesh, cache_budget_bytes)
+
+
+def _checked(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], mesh: Mesh | None, **arguments: object
+             ) -> tuple[_Request, Mesh, int]:
+    """generate's arguments checked (_check_request), its mesh and its cache budget in bytes per device."""
+    r = _check_request(model, prompts, **arguments)
+    mesh = distributed.local_mesh() if mesh is None else mesh
+    return r, mesh, _memory_budget() if r.cache_budget_bytes is None else r.cache_budget_bytes
+
+
 def check(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, num_samples: int = 1,
           attention: AttentionConfig = AttentionConfig(), seed: int = 0, eos_token_ids: Sequence[int] = (),
           vocab_size: int | None = None, cache_budget_bytes: int | None = None,
           stream_ids: Sequence[int] | None = None, mesh: Mesh | None = None) -> None:
     """Raises the ValueError that `generate` with these arguments would raise before any compute, computing
     nothing: a script checks every batch of a job with it before the first one runs. The model may be abstract."""
-    r = _check_request(model, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed,
-                       vocab_size=vocab_size, eos_token_ids=eos_token_ids, stream_ids=stream_ids,
-                       cache_budget_bytes=cache_budget_bytes)
-    mesh = distributed.local_mesh() if mesh is None else mesh
-    attention.check_layers(model.config.num_hidden_layers)
-    distributed.check_mesh(model.config, mesh)
-    budget = _memory_budget() if r.cache_budget_bytes is None else r.cache_budget_bytes
-    check_cache_fits(model, [a.size for a in r.prompts], r.num_samples, r.max_new_tokens, attention, mesh, budget)
+    r, mesh, budget = _checked(model, prompts, mesh, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                               seed=seed, vocab_size=vocab_size, eos_token_ids=eos_token_ids,
+                               stream_ids=stream_ids, cache_budget_bytes=cache_budget_bytes)
+    _check_placement(model, [a.size for a in r.prompts], r.num_samples, r.max_new_tokens, attention, mesh, budget)
 
 
 def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -503,12 +513,10 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     the mesh for the call (no copy when the model was loaded or sharded onto it). Every process of a multi-host
     run calls generate with the same arguments and gets the whole result.
     """
-    r = _check_request(model, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed,
-                       vocab_size=vocab_size, eos_token_ids=eos_token_ids, stream_ids=stream_ids,
-                       cache_budget_bytes=cache_budget_bytes)
+    r, mesh, budget = _checked(model, prompts, mesh, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                               seed=seed, vocab_size=vocab_size, eos_token_ids=eos_token_ids,
+                               stream_ids=stream_ids, cache_budget_bytes=cache_budget_bytes)
     arrays, max_new_tokens = r.prompts, r.max_new_tokens
-    mesh = distributed.local_mesh() if mesh is None else mesh
-    budget = _memory_budget() if r.cache_budget_bytes is None else r.cache_budget_bytes
     program = prepare(model, arrays, r.streams, num_samples=r.num_samples, max_new_tokens=max_new_tokens,
                       sampling=sampling, attention=attention, eos_token_ids=r.eos_token_ids,
                       vocab_size=r.vocab_size, repetition=repetition, cache_budget_bytes=budget, mesh=mesh)
