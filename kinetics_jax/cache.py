@@ -23,7 +23,6 @@ pallas_kernels.paged_write: in place, with the pools keeping the layout the deco
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import NamedTuple, Sequence
 
 import jax
@@ -40,34 +39,6 @@ SUMMARY_FIELDS = ("k_mean", "k_min", "k_max")
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _bounds_text(minimum: int | None, maximum: int | None) -> str:
-    if minimum is None:
-        return "" if maximum is None else f" <= {maximum}"
-    return f" >= {minimum}" if maximum is None else f" in [{minimum}, {maximum}]"
-
-
-def checked_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None,
-                why: str = "") -> int:
-    """`value` as a Python int, or ValueError naming `name`.
-
-    The rule for every integer argument of the package (request sizes, seeds, stream ids, policy fields): any
-    integral value that is not a bool is accepted and converted to int (int, numpy integers, 0-d integer arrays:
-    what `operator.index` takes); bools (True is not 1 sample), floats (even 4.0), strings and None are refused,
-    and so is a value outside [minimum, maximum] (either bound optional). `why` is appended to the rule in the
-    message, e.g. "num_samples must be an integer >= 1, got 2.5, a float".
-    """
-    rule = f"{name} must be an integer{_bounds_text(minimum, maximum)}" + (f" ({why})" if why else "")
-    try:
-        if isinstance(value, (bool, np.bool_)):
-            raise TypeError
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise ValueError(f"{rule}, got {value!r}, a {type(value).__name__}") from None
-    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-        raise ValueError(f"{rule}, got {number}")
-    return int(number)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,11 +145,6 @@ class CachePlan:
         writes[:, :n] = np.stack([self.prefill_page, self.prefill_prompt * blocks + self.prefill_block, full])
         return writes
 
-    @property
-    def allocated_pages(self) -> int:
-        """Pages in use (shared + own), the null page and bucket padding excluded."""
-        return int(np.count_nonzero(np.unique(self.page_table)))
-
     def bytes(self, config: Qwen3Config, dtype: DType, summaries: int) -> int:
         """Device bytes of the KV cache this plan allocates (see pool_bytes)."""
         return self.pool_bytes(self.num_pages, self.page_size, config, dtype, summaries)
@@ -209,7 +175,7 @@ class KVCache(NamedTuple):
     def zeros(cls, config: Qwen3Config, num_pages: int, page_size: int, dtype: DType,
               summaries: tuple[str, ...] = (), kv_replicas: int = 1) -> "KVCache":
         """An empty cache with the named summary fields (AttentionConfig.summaries); `kv_replicas` copies of
-        each KV head (distributed.kv_replicas: heads replicated over a "model" mesh axis larger than the KV
+        each KV head (sharding.meshes.kv_replicas: heads replicated over a "model" mesh axis larger than the KV
         head count)."""
         shape = (config.num_hidden_layers, config.num_key_value_heads * kv_replicas, num_pages, page_size,
                  config.head_dim)

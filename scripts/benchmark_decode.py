@@ -2,19 +2,19 @@
 
     # one layer of decode attention at Qwen3-8B head shapes (selection + kernel), per step
     python scripts/benchmark_decode.py --mode=attention --context=4096,16384,32768,65536 --batch=1,16,64 \
-        --attention=dense-xla,dense-pallas,cascade-pallas,jax-peer,block_topk-pallas-256,block_topk-pallas-1024
+        --attention=dense@xla,dense@pallas,cascade@pallas,jax-peer,block_topk-256@pallas,block_topk-1024@pallas
     # the whole model's decode step (every layer, MLP, logits, greedy pick) on a cache of --context tokens
     python scripts/benchmark_decode.py --mode=model --shape=qwen3-8b --layers=4 --context=32768 --batch=64 \
-        --attention=dense-pallas,block_topk-pallas-1024
+        --attention=dense@pallas,block_topk-1024@pallas
     # kinetics_jax generate against transformers generate, same shapes (prefill included)
     python scripts/benchmark_decode.py --mode=transformers --shape=tiny --batch=1,16
     # the same samples under growing max_new_tokens: time must follow the tokens decoded, not the capacity
-    python scripts/benchmark_decode.py --mode=capacity --budgets=256,512,2048 --attention=dense-xla
+    python scripts/benchmark_decode.py --mode=capacity --budgets=256,512,2048 --attention=dense@xla
 
-Attention variants (--attention): dense-xla, dense-pallas, cascade-pallas (the batch = N samples of one prompt
-whose first context - 512 tokens are shared pages), jax-peer (jax.experimental.pallas.ops.gpu.decode_attention
-on contiguous KV; GPU only), block_topk-<xla|pallas>-<budget> (sink 4, local 0, 16-token blocks, budget / 16
-blocks). Caches hold random K/V (no prefill: a 32K-token prefill is not what is measured). Times are medians of
+Attention variants (--attention): <policy label>@<xla|pallas> (a kinetics_jax.policies label on 16-token pages:
+dense@xla, dense@pallas, block_topk-1024@pallas = sink 4, local 0, 64 blocks of 16 tokens, sliding_window-512@xla),
+cascade@pallas (dense, the batch = N samples of one prompt whose first context - 512 tokens are shared pages),
+jax-peer (jax.experimental.pallas.ops.gpu.decode_attention on contiguous KV; GPU only). Caches hold random K/V (no prefill: a 32K-token prefill is not what is measured). Times are medians of
 --repeats runs after a warm-up; each run executes --steps steps inside one jit (a lax.fori_loop feeding each
 step's output into the next), so dispatch overhead is amortised. "GB/s" divides the bytes the variant must read
 (K/V of the attended tokens, page summaries for block top-k) by the time. Off GPU the Pallas kernels only run in
@@ -39,7 +39,6 @@ import kinetics_jax as kj
 from kinetics_jax import cli
 from kinetics_jax.attention import decode_attention
 from kinetics_jax.cache import KVCache, page_summaries
-from kinetics_jax.cost import analytic
 from kinetics_jax.sampling.engine import decode_step
 
 TINY = kj.Qwen3Config(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
@@ -53,7 +52,7 @@ _LAYERS = flags.DEFINE_integer("layers", None, "Override the number of layers (m
                                lower_bound=1)
 _BATCH = cli.define_int_list("batch", [1, 16], "Batch sizes (sequences decoded together).")
 _CONTEXT = cli.define_int_list("context", [4096, 16384], "Cached tokens per sequence (attention, model).")
-_ATTENTION = flags.DEFINE_list("attention", ["dense-xla", "block_topk-xla-1024"], "Attention variants.")
+_ATTENTION = flags.DEFINE_list("attention", ["dense@xla", "block_topk-1024@xla"], "Attention variants.")
 _DENSE_LAYERS = cli.define_int_list("dense_layers", [0], "Layers kept dense by sparse variants (model mode).",
                                      lower_bound=0)
 _STEPS = flags.DEFINE_integer("steps", 8, "Decode steps per timed run.", lower_bound=1)
@@ -77,22 +76,25 @@ class Variant:
 
     @classmethod
     def parse(cls, spec: str, dense_layers: tuple[int, ...]) -> "Variant":
-        parts = spec.split("-")
+        """"jax-peer", "cascade@pallas", or "<policy label>@<xla|pallas>" (kinetics_jax.policies labels, e.g.
+        dense@xla, block_topk-1024@pallas) on 16-token pages."""
         if spec == "jax-peer":
             return cls(spec, None)
-        if parts[0] in ("dense", "cascade") and len(parts) == 2 and parts[1] in ("xla", "pallas"):
-            if parts[0] == "cascade" and parts[1] != "pallas":
-                raise ValueError("--attention: the cascade is a Pallas kernel path, use cascade-pallas")
-            return cls(spec, kj.AttentionConfig(backend=parts[1]), cascade=parts[0] == "cascade")
-        if parts[0] == "block_topk" and len(parts) == 3 and parts[2].isdigit():
-            budget = int(parts[2])
-            if budget < PAGE or budget % PAGE:
-                raise ValueError(f"--attention {spec}: the budget must be a positive multiple of {PAGE}")
-            return cls(spec, kj.AttentionConfig(kind="block_topk", sink=4, local=0, block_size=PAGE,
-                                                block_topk=budget // PAGE, backend=parts[1],
-                                                dense_layers=dense_layers))
-        raise ValueError(f"--attention: unknown variant {spec!r} (dense-<xla|pallas>, cascade-pallas, jax-peer, "
-                         f"block_topk-<xla|pallas>-<budget>)")
+        label, at, backend = spec.rpartition("@")
+        if not at or backend not in kj.policies.BACKENDS:
+            raise ValueError(f"--attention: unknown variant {spec!r} (<policy label>@<xla|pallas>, e.g. dense@xla "
+                             f"or block_topk-1024@pallas; cascade@pallas; jax-peer)")
+        if label == "cascade":
+            if backend != "pallas":
+                raise ValueError("--attention: the cascade is a Pallas kernel path, use cascade@pallas")
+            return cls(spec, kj.AttentionConfig(backend=backend), cascade=True)
+        try:
+            config = kj.AttentionConfig.parse(label, backend=backend, dense_layers=dense_layers)
+        except ValueError as e:
+            raise ValueError(f"--attention {spec}: {e}") from None
+        if config.cache_page_size != PAGE:
+            raise ValueError(f"--attention {spec}: the benchmark's caches have {PAGE}-token pages")
+        return cls(spec, config)
 
     def unavailable(self) -> str | None:
         """Why this variant cannot be timed on this platform (None if it can)."""
@@ -139,10 +141,11 @@ def _bytes_needed(variant: Variant, batch: int, context: int, hkv: int, d: int, 
     kv_token = 2 * hkv * d * itemsize
     if variant.cascade:
         return (context - OWN_TOKENS) * kv_token + batch * OWN_TOKENS * kv_token
-    if variant.config is not None and variant.config.kind == "block_topk":
-        tokens = int(analytic.attended_tokens(context, variant.config))
-        blocks = int(analytic.full_blocks(context, variant.config))  # their mean-key summaries are read
-        return batch * (tokens * kv_token + blocks * hkv * d * itemsize)
+    if variant.config is not None:
+        policy = variant.config.policy
+        tokens = int(policy.attended(np.int64(context)))
+        scored = int(policy.candidate_blocks(np.int64(context))) if policy.active(np.int64(context)) else 0
+        return batch * (tokens * kv_token + scored * len(policy.summaries) * hkv * d * itemsize)
     return batch * context * kv_token
 
 
@@ -173,7 +176,7 @@ def _attention_step(variant: Variant, batch: int, context: int, config: kj.Qwen3
     def run(q, cache, table, lengths, shared):
         def body(i, x):
             out, _ = decode_attention(x, cache, jnp.int32(0), table, lengths, attention,
-                                      page_offset=attention.page_offset, num_samples=batch if variant.cascade else 1,
+                                      num_samples=batch if variant.cascade else 1,
                                       shared_pages=shared if variant.cascade else None)
             return out
         return jax.lax.fori_loop(0, steps, body, q)

@@ -2,7 +2,7 @@
 GPU target on this machine, and print what one chip holds and moves per step.
 
     python scripts/compile_report.py --target=tpu-v5p --preset=qwen3-8b --batch=64 --context=4096 \
-        --attention=block_topk --block_topk=64 --attention_backend=pallas
+        --attention=block_topk-1024 --attention_backend=pallas
     python scripts/compile_report.py --target=tpu-v6e,cuda-h100 --batch=16 --json=runs/compile.json \
         --hlo_out=runs/step.hlo
 
@@ -28,10 +28,10 @@ from absl import flags, logging  # noqa: E402
 
 import kinetics_jax as kj  # noqa: E402
 from kinetics_jax import cli  # noqa: E402
-from kinetics_jax import distributed  # noqa: E402
-from kinetics_jax.attention import flags as attention_flags  # noqa: E402
+from kinetics_jax.policies import flags as attention_flags  # noqa: E402
 from kinetics_jax.cost import compiled, targets  # noqa: E402
 from kinetics_jax.scaling.plots import write_json, write_text  # noqa: E402
+from kinetics_jax.sharding import meshes  # noqa: E402
 
 _TARGET = flags.DEFINE_list("target", ["tpu-v5p"], f"Chips to compile for ({', '.join(targets.TARGETS)}).")
 _MESH = flags.DEFINE_string("mesh_shape", "1,1", "data,model devices (at most the 4 TPU chips or 8 GPUs described).")
@@ -62,7 +62,7 @@ def _config() -> kj.Qwen3Config:
 def _request() -> compiled.Request:
     if _BATCH.value % _NUM_SAMPLES.value:
         raise ValueError(f"--batch ({_BATCH.value}) must be a multiple of --num_samples ({_NUM_SAMPLES.value})")
-    mesh = distributed.parse_mesh_shape(_MESH.value) or (1, 1)
+    mesh = meshes.parse_mesh_shape(_MESH.value) or (1, 1)
     return compiled.Request(_config(), attention_flags.config_from_flags(),
                             num_prompts=_BATCH.value // _NUM_SAMPLES.value, num_samples=_NUM_SAMPLES.value,
                             context=_CONTEXT.value, prompt_len=_PROMPT_LEN.value, dtype=_DTYPE.value,

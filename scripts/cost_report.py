@@ -10,8 +10,9 @@
     python scripts/cost_report.py --profile --prompt_len=64 --gen_len=64 --num_samples=4 --budgets=16,32
 
 --config is a preset name, a config.json, or a checkpoint directory. Rows: dense, then block top-k at each
---budgets entry (tokens selected per step = block_size x blocks, with --sink / --local / --block_size / --score
-from the attention flags), then the --attention policy if it is neither. Costs are per prompt (N samples), over
+--budgets entry (tokens selected per step = block_size x blocks, with the other fields of --attention when it is
+a block_topk label, e.g. --attention=block_topk-64:score=quest,sink=8), then the --attention policy if it is
+neither. Costs are per prompt (N samples), over
 the decode of --gen_len tokens per sample (the prefill is not priced, as in the paper). "vs dense" is the
 eFLOPs ratio. --profile runs each row's policy for real (greedy, no EOS, random prompt tokens) on --checkpoint
 and adds the measured op time from a jax.profiler trace (TensorBoard-readable, under --profile_dir), with the
@@ -21,6 +22,7 @@ achieved FLOP/s and bytes/s of the analytic counts for that checkpoint's model.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 
@@ -32,7 +34,8 @@ import numpy as np
 
 import kinetics_jax as kj
 from kinetics_jax import cli, cost
-from kinetics_jax.attention import flags as attention_flags
+from kinetics_jax.policies import BlockTopK
+from kinetics_jax.policies import flags as attention_flags
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
                         "tiny-random-qwen3")
@@ -42,7 +45,7 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 1024, "Prompt tokens (Li).", lo
 _GEN_LEN = flags.DEFINE_integer("gen_len", 8192, "Generated tokens per sample (Lo).", lower_bound=1)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (N).", lower_bound=1)
 _BUDGETS = cli.define_int_list("budgets", [256, 512, 1024, 2048],
-                               "Block top-k budgets (selected tokens per step, multiples of --block_size).")
+                               "Block top-k budgets (selected tokens per step, whole blocks).")
 _HARDWARE = flags.DEFINE_enum("hardware", "B200", sorted(cost.HARDWARE), "Hardware to price on.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "KV cache dtype.")
 _RESULTS = flags.DEFINE_string("results", None, "jsonl of scripts/generate.py to price instead.")
@@ -66,13 +69,15 @@ def _config(spec: str) -> kj.Qwen3Config:
 def _policies(base: kj.AttentionConfig) -> list[kj.AttentionConfig]:
     """Dense, block top-k at each budget, and the flags' policy if it is another one."""
     rows = [kj.AttentionConfig(backend=base.backend)]
+    template = base.policy if isinstance(base.policy, BlockTopK) else BlockTopK(block_topk=1)
+    fields = {f.name: getattr(template, f.name) for f in dataclasses.fields(template) if f.name != "block_topk"}
     for budget in cli.int_list(_BUDGETS):
-        if budget < base.block_size or budget % base.block_size:
-            raise ValueError(f"--budgets {budget} is not a positive multiple of --block_size {base.block_size}")
-        sink, local = (base.sink, base.local) if base.kind != "dense" else (4, 0)
-        rows.append(kj.AttentionConfig(kind="block_topk", sink=sink, local=local, block_size=base.block_size,
-                                       block_topk=budget // base.block_size, score=base.score,
-                                       dense_layers=base.dense_layers, backend=base.backend))
+        try:
+            policy = BlockTopK.from_tokens(budget, dict(fields))
+        except ValueError as e:
+            raise ValueError(f"--budgets {budget}: {e}") from None
+        rows.append(kj.AttentionConfig(policy, dense_layers=base.dense_layers, backend=base.backend,
+                                       tile_tokens=base.tile_tokens))
     if base not in rows:
         rows.append(base)
     return rows
@@ -171,7 +176,7 @@ def _price_results(config: kj.Qwen3Config, name: str) -> None:
     for index in sorted(groups):
         records = groups[index]
         fields = records[0].get("attention", {})
-        policy = kj.AttentionConfig(**{**fields, "dense_layers": tuple(fields.get("dense_layers", (0,)))})
+        policy = kj.AttentionConfig.from_fields(fields)
         lengths = [int(r["length"]) for r in records]
         breakdown = cost.tts_cost(config, prompt_len=int(records[0]["prompt_length"]), gen_lens=lengths,
                                   num_samples=len(lengths), attention=policy, hardware=_HARDWARE.value,

@@ -2,12 +2,12 @@
 
     python scripts/evaluate.py --checkpoint=ckpt/qwen3-0.6b --dataset=aime24 --dataset_path=data/aime24.jsonl \
         --num_samples=32 --max_new_tokens=32768 --output=runs/aime24-0.6b.jsonl \
-        [--attention=block_topk --block_topk=64 --attention_backend=pallas]
+        [--attention=block_topk-1024 --attention_backend=pallas]
 
 Each problem is wrapped in the Kinetics prompt and the model's chat template (thinking on), sampled N times
 (Kinetics defaults: T 0.6, top-p 0.95, top-k 20), graded (math-verify), re-graded at every --truncation_budgets
 token budget, and priced with the eFLOPs model; one record per (problem, sample) is appended to --output (see
-kinetics_jax/eval/results.py). Killed and restarted with the same flags, it continues where it stopped: records
+kinetics_jax/eval/records.py). Killed and restarted with the same flags, it continues where it stopped: records
 already written are kept, problems are skipped, and a torn last line is repaired. A problem's samples do not
 depend on the batch it was decoded in (its PRNG stream is its index in the dataset), so a resumed run writes
 the records an uninterrupted one would. At the end it prints and writes (<output>.summary.json) pass@k, maj@N,
@@ -34,12 +34,13 @@ from tqdm import tqdm
 
 import kinetics_jax as kj
 from kinetics_jax import cli, cost, outputs
-from kinetics_jax import distributed_flags
-from kinetics_jax.attention import flags as attention_flags
+from kinetics_jax.policies import flags as attention_flags
 from kinetics_jax.sampling import engine
 from kinetics_jax.sampling import flags as sampling_flags
+from kinetics_jax.sharding import flags as sharding_flags
 from kinetics_jax.checkpoint import shipped
-from kinetics_jax.eval import datasets, grading, metrics, results
+from kinetics_jax.eval import datasets, metrics, results
+from kinetics_jax.eval.records import sample_records
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
                         "tiny-random-qwen3")
@@ -66,7 +67,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Comput
 _HARDWARE = flags.DEFINE_enum("hardware", "B200", sorted(cost.HARDWARE), "Hardware the costs are priced on.")
 _OUTPUT = flags.DEFINE_string("output", "runs/eval.jsonl", "Results jsonl (appended; resumable).")
 attention_flags.define_flags()
-distributed_flags.define_flags()
+sharding_flags.define_flags()
 
 
 def _budgets() -> list[int]:
@@ -79,36 +80,9 @@ def _run_config(attention: kj.AttentionConfig, sampling: kj.SamplingConfig, budg
     return {"checkpoint": os.path.abspath(_CHECKPOINT.value), "dataset": _DATASET.value,
             "dataset_path": os.path.abspath(_DATASET_PATH.value), "limit": _LIMIT.value,
             "strategy": _STRATEGY.value, "num_samples": _NUM_SAMPLES.value, "max_new_tokens": _MAX_NEW.value,
-            "truncation_budgets": budgets, "attention": dataclasses.asdict(attention),
+            "truncation_budgets": budgets, "attention": attention.to_fields(),
             "sampling": dataclasses.asdict(sampling), "seed": _SEED.value, "dtype": _DTYPE.value,
             "enable_thinking": _THINKING.value, "hardware": _HARDWARE.value}
-
-
-def _records(problem: datasets.Problem, prompt_len: int, result: kj.GenerationResult, p: int,
-             tokenizer: kj.Tokenizer, model: kj.Qwen3ForCausalLM, name: str, attention: kj.AttentionConfig,
-             budgets: list[int]) -> list[dict]:
-    """The N records of prompt p of a generation result."""
-    n = result.tokens.shape[1]
-    out = []
-    for s in range(n):
-        tokens = result.sequences(p, s)
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        share = cost.tts_cost(model.config, prompt_len=prompt_len, gen_lens=len(tokens), num_samples=n,
-                              attention=attention, hardware=_HARDWARE.value, dtype=_DTYPE.value)
-        truncation = metrics.truncation_accuracy(tokens, problem.answer, [b for b in budgets if b < len(tokens)],
-                                                 lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-        answer = grading.extract_answer(text)
-        out.append({
-            "model": name, "model_config": model.config.to_hf_dict(), "dataset": problem.dataset,
-            "problem_id": problem.id, "gold": problem.answer, "sample_index": s, "num_samples": n,
-            "prompt_length": prompt_len, "length": len(tokens), "finish_reason": str(result.finish_reasons[p, s]),
-            "text": text, "token_ids": tokens, "answer": answer,
-            "correct": grading.answer_is_correct(answer, problem.answer),
-            "truncation": {str(b): bool(c) for b, c in truncation.items()},
-            "cost": {"compute_flops": share.compute_flops / n, "memory_bytes": share.memory_bytes / n,
-                     "eflops": share.eflops / n, "hardware": share.hardware},
-        })
-    return out
 
 
 def _summary(records: list[dict], model: kj.Qwen3ForCausalLM, attention: kj.AttentionConfig) -> dict:
@@ -168,7 +142,7 @@ def _fitting(problems: list[datasets.Problem], prompts: list[list[int]], max_pos
 
 def main(argv: list[str]) -> int:
     del argv
-    mesh = distributed_flags.mesh_from_flags()
+    mesh = sharding_flags.mesh_from_flags()
     if not _DATASET_PATH.value:
         raise ValueError("give --dataset_path (a local .jsonl or .parquet of the dataset)")
     sampling = sampling_flags.config_from_flags()
@@ -181,7 +155,7 @@ def main(argv: list[str]) -> int:
     prompts = [datasets.prompt_ids(p, tokenizer, enable_thinking=_THINKING.value) for p in problems]
     keep, skipped = _fitting(problems, prompts, config.max_position_embeddings)
     # Process 0 owns the results file (locked while it runs); the others learn from it which problems are left.
-    writer = kj.distributed.is_writer()
+    writer = kj.sharding.is_writer()
     with (results.ResultsStore(_OUTPUT.value, _run_config(attention, sampling, budgets)) if writer
           else contextlib.nullcontext()) as store:
         model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value), mesh=mesh)
@@ -189,7 +163,7 @@ def main(argv: list[str]) -> int:
         n = _NUM_SAMPLES.value
         finished = np.asarray([writer and all(store.done(problems[i].id, s) for s in range(n)) for i in keep],
                               bool)
-        finished = kj.distributed.broadcast(finished)  # every process must decode the same batches
+        finished = kj.sharding.broadcast(finished)  # every process must decode the same batches
         todo = [i for i, f in zip(keep, finished) if not f]
         logging.info("%d problems, %d already done, %d to go, %d skipped; writing %s", len(problems),
                      len(keep) - len(todo), len(todo), len(skipped), _OUTPUT.value)
@@ -212,8 +186,11 @@ def main(argv: list[str]) -> int:
                 continue
             new = []
             for p, i in enumerate(batch):
-                rows = _records(problems[i], len(prompts[i]), result, p, tokenizer, model, name, attention,
-                                budgets)
+                rows = sample_records(
+                    result, p, model=name, config=model.config, dataset=problems[i].dataset,
+                    problem_id=problems[i].id, gold=problems[i].answer, prompt_length=len(prompts[i]),
+                    tokenizer=tokenizer, budgets=budgets, attention=attention, hardware=_HARDWARE.value,
+                    dtype=_DTYPE.value)
                 new += [r for r in rows if not store.done(problems[i].id, r["sample_index"])]
             store.append(new)
             correct += sum(r["correct"] for r in new)

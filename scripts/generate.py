@@ -1,14 +1,14 @@
 """Samples continuations of prompts with a Qwen3 checkpoint (Best-of-N or long chain of thought).
 
     python scripts/generate.py --checkpoint=ckpt/qwen3-0.6b --prompt="What is 17 * 23?" --num_samples=8 \
-        --max_new_tokens=2048 --output=runs/samples.jsonl [--attention=block_topk --block_topk=64 \
+        --max_new_tokens=2048 --output=runs/samples.jsonl [--attention=block_topk-1024 \
         --attention_backend=pallas]
 
 With no --checkpoint it runs on the embedded tiny checkpoint (random weights: the text is meaningless).
 --checkpoint takes the project's orbax format or a Hugging Face directory. Prompts are wrapped in the model's
 chat template (thinking on by default) when its tokenizer has one. Each output line is one (prompt, sample):
 {"prompt_index", "sample_index", "prompt", "prompt_length", "text", "token_ids", "length", "finish_reason",
-"attention"} (prompt_length in tokens, chat template included; attention: the AttentionConfig fields); the file
+"attention"} (prompt_length in tokens, chat template included; attention: AttentionConfig.to_fields()); the file
 is written to a unique temporary path and renamed when complete. The prompts, the flags and the output path are
 checked before the model is loaded, and the output is locked until it is in place: a second generate.py writing
 the same --output is refused. Prompt i draws from random stream i (its index in the input), so its samples do
@@ -22,7 +22,6 @@ writes the output (see README "Running on a pod").
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import time
@@ -33,10 +32,11 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 import kinetics_jax as kj
-from kinetics_jax import cli, distributed_flags, outputs
-from kinetics_jax.attention import flags as attention_flags
+from kinetics_jax import cli, outputs
+from kinetics_jax.policies import flags as attention_flags
 from kinetics_jax.sampling import engine
 from kinetics_jax.sampling import flags as sampling_flags
+from kinetics_jax.sharding import flags as sharding_flags
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
                         "tiny-random-qwen3")
@@ -57,7 +57,7 @@ attention_flags.define_flags()
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute and parameter dtype.")
 _OUTPUT = flags.DEFINE_string("output", None, "jsonl to write (default: log the texts only); process 0 writes it.")
-distributed_flags.define_flags()
+sharding_flags.define_flags()
 
 
 def _prompt_of(record: object, where: str) -> str:
@@ -114,7 +114,7 @@ def _records(texts: list[str], ids: list[list[int]], tokenizer: kj.Tokenizer, mo
 
     for first in batches:  # every batch is checked before the first one runs
         engine.check(model, **request(first))
-    for first in tqdm(batches, desc="prompts", unit="batch", disable=not kj.distributed.is_writer()):
+    for first in tqdm(batches, desc="prompts", unit="batch", disable=not kj.sharding.is_writer()):
         result = kj.generate(model, **request(first), sampling=sampling,
                              repetition=kj.RepetitionStop() if _REPETITION.value else None)
         generated += int(result.lengths.sum())
@@ -125,7 +125,7 @@ def _records(texts: list[str], ids: list[list[int]], tokenizer: kj.Tokenizer, mo
                                 "prompt_length": int(result.prompt_lengths[p]),
                                 "text": tokenizer.decode(tokens, skip_special_tokens=True), "token_ids": tokens,
                                 "length": len(tokens), "finish_reason": str(result.finish_reasons[p, s]),
-                                "attention": dataclasses.asdict(attention)})
+                                "attention": attention.to_fields()})
     return records, generated
 
 
@@ -133,9 +133,9 @@ def main(argv: list[str]) -> int:
     del argv
     sampling = sampling_flags.config_from_flags()
     attention = attention_flags.config_from_flags()
-    mesh = distributed_flags.mesh_from_flags()
+    mesh = sharding_flags.mesh_from_flags()
     texts = _read_prompts()
-    writes = _OUTPUT.value is not None and kj.distributed.is_writer()
+    writes = _OUTPUT.value is not None and kj.sharding.is_writer()
     # The output is checked and locked before the model is loaded: a second writer or an unwritable path is
     # refused before any compute, and the lock is held until the file is in place.
     with outputs.exclusive(_OUTPUT.value) if writes else contextlib.nullcontext():

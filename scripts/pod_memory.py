@@ -4,11 +4,11 @@ engine would allocate. No device is used (abstract model, abstract meshes), so i
     python scripts/pod_memory.py --preset=qwen3-32b --meshes=8x1,4x2,2x4,1x8 --prompt_len=1024 \
         --max_new_tokens=31744 --num_samples=32 --device_memory_gib=80
 
---meshes lists data x model shapes. The numbers (kinetics_jax.distributed.memory_per_device) are exactly what
+--meshes lists data x model shapes. The numbers (kinetics_jax.sharding.planning.memory_per_device) are exactly what
 `generate` sizes and checks: the cache plan
-of each data shard (pages rounded up to 64, page summaries included; --attention=block_topk --score=quest adds
+of each data shard (pages rounded up to 64, page summaries included; --attention=block_topk-1024:score=quest adds
 the min/max summaries), the KV heads split (or replicated) over "model", and every parameter split by
-kinetics_jax.distributed.RULES. Activations and XLA workspace come on top.
+kinetics_jax.sharding.axes.RULES. Activations and XLA workspace come on top.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import jax.numpy as jnp
 from absl import flags
 
 import kinetics_jax as kj
-from kinetics_jax import cli, distributed
-from kinetics_jax.attention import flags as attention_flags
+from kinetics_jax import cli
+from kinetics_jax.policies import flags as attention_flags
+from kinetics_jax.sharding import planning
 
 _PRESET = flags.DEFINE_string("preset", "qwen3-32b", f"Model preset ({', '.join(kj.Qwen3Config.preset_names())}).")
 _CONFIG = flags.DEFINE_string("config", None, "HF config.json instead of --preset.")
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|" + ("---|" if _DEVICE_GIB.value else ""))
     for data, model_axis in shapes:
         try:
-            memory = distributed.memory_per_device(
+            memory = planning.memory_per_device(
                 config, (data, model_axis), prompt_lengths=[_PROMPT_LEN.value] * _NUM_PROMPTS.value,
                 num_samples=_NUM_SAMPLES.value, max_new_tokens=_MAX_NEW.value, attention=attention,
                 dtype=jnp.dtype(_DTYPE.value))

@@ -1,11 +1,11 @@
 """Scaling-law analysis of evaluation results: frontiers under FLOPs and eFLOPs, the optimal model per budget, the
-costlier ratio of FLOPs-guided choices, iso-cost grids, dense vs sparse, and fitted laws (KINETICS.md §4).
+costlier ratio of FLOPs-guided choices, iso-cost grids, dense vs sparse, and fitted laws (docs/evaluation.md).
 
     python scripts/scaling_analysis.py --results=runs/aime24-*.jsonl --out_dir=runs/scaling --hardware=B200
     python scripts/scaling_analysis.py --results=a.jsonl,b.jsonl --strategy=long_cot --policy=all
 
 --results: results jsonl files (one record per problem and sample; repeat the flag or separate with commas).
---kinetics_traces=qwen3-1.7b:path/to/traces.jsonl (repeatable) adds released Kinetics traces (KINETICS.md §4):
+--kinetics_traces=qwen3-1.7b:path/to/traces.jsonl (repeatable) adds released Kinetics traces (docs/evaluation.md):
 the model is a preset name, --trace_tokenizer counts their tokens (a Qwen3 tokenizer directory), and they are
 analyzed as Best-of-N runs of --trace_dataset.
 Every (dataset, strategy) found is analyzed into --out_dir/<dataset>/<strategy>/ (the files are listed in

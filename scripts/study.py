@@ -22,7 +22,6 @@ deterministic, and Best-of-N has nothing to choose from); give the Kinetics flag
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -32,20 +31,22 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 import kinetics_jax as kj
-from kinetics_jax import cli, cost, outputs, scaling
-from kinetics_jax.attention.policies import BACKENDS
+from kinetics_jax import cli, cost, outputs, scaling, study
 from kinetics_jax.checkpoint import shipped
 from kinetics_jax.eval import datasets, results
+from kinetics_jax.policies import flags as attention_flags
 from kinetics_jax.sampling import flags as sampling_flags
-from kinetics_jax.tiny import report, study
+from kinetics_jax.study import report
 
 _MODELS = flags.DEFINE_list("models", list(shipped.SHIPPED), "Shipped names or checkpoint directories.")
 _POLICIES = flags.DEFINE_list("policies", ["dense", "topk-32", "block_topk-64", "block_topk-96"],
-                              "Attention policies: dense, block_topk-<tokens>, topk-<tokens> (the oracle), "
-                              "sliding_window-<tokens>; sink 4, local 0 and layer 0 dense, as in the paper.")
-_BLOCK_SIZE = flags.DEFINE_integer("block_size", 16, "Tokens per block (and KV cache page).", lower_bound=1)
-_BACKEND = flags.DEFINE_enum("attention_backend", "xla", BACKENDS,
-                             "Decode attention kernels: xla or pallas (the oracle topk always runs in XLA).")
+                              "Attention policy labels: dense, block_topk-<tokens>, topk-<tokens> (the oracle), "
+                              "sliding_window-<tokens>, with fields off their defaults after ':' (e.g. "
+                              "block_topk-64:score=quest,block_size=8); sink 4, local 0 and layer 0 dense, as in "
+                              "the paper. --attention_backend applies where the policy has it (the oracle topk "
+                              "always runs in XLA).")
+flags.register_validator("policies", attention_flags.label_list_ok)
+attention_flags.define_run_flags()
 _TASK = flags.DEFINE_enum("task", "chase", ("chase",) + datasets.DATASETS, "What the models are evaluated on.")
 _DATASET_PATH = flags.DEFINE_string("dataset_path", None, "Local .jsonl / .parquet of a math --task.")
 _PROBLEMS = flags.DEFINE_integer("problems", 64, "Problems per configuration.", lower_bound=1)
@@ -83,10 +84,10 @@ def _task() -> study.Task:
 def _policies() -> list[kj.AttentionConfig]:
     policies = []
     for label in _POLICIES.value:
-        attention = study.parse_policy(label, _BLOCK_SIZE.value)
-        # The oracle top-k scores every key: it has no kernel and stays on XLA.
-        policies.append(attention if attention.kind == "topk" else dataclasses.replace(attention,
-                                                                                        backend=_BACKEND.value))
+        # A policy without the --attention_backend kernel (the oracle top-k scores every key) stays on XLA.
+        backend = flags.FLAGS.attention_backend
+        policies.append(attention_flags.config_from_flags(
+            label, backend=backend if backend in kj.policies.parse_policy(label).backends else "xla"))
     if not policies:
         raise ValueError("--policies is empty")
     return policies
@@ -130,7 +131,7 @@ def _run(task: study.Task, policies: list[kj.AttentionConfig], settings: study.S
             model = _quietly(kj.load_model, path, dtype=jnp.dtype(_DTYPE.value))
             tokenizer = kj.Tokenizer.from_dir(path)
             for attention in policies:
-                bar.set_postfix(model=name, policy=scaling.policy_label(attention))
+                bar.set_postfix(model=name, policy=attention.policy.label())
                 study.run_config(model, tokenizer, name, task, attention, settings, _OUT_DIR.value, bar,
                                  checkpoint=os.path.abspath(shipped.resolve(path)))
     paths = [study.records_path(_OUT_DIR.value, name, attention, strategy) for name in names

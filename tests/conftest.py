@@ -23,14 +23,14 @@ import jax  # noqa: E402
 import pytest
 import torch
 
-# Eight CPU devices for the mesh tests (tests/test_distributed.py), the in-process form of
+# Eight CPU devices for the mesh tests (tests/test_sharding.py), the in-process form of
 # --xla_force_host_platform_device_count=8 (it must precede the first backend use; unlike the XLA_FLAGS variable
 # it is not inherited by the scripts the tests launch). Everything else runs on device 0 as before.
 jax.config.update("jax_num_cpu_devices", 8)
 
-# Shapes the port must get right (see QWEN3.md "known porting bugs"): head_dim != hidden/heads everywhere,
-# tied and untied embeddings, GQA groups 1, 2 and 4, MoE with norm_topk_prob on/off, a mixed dense/MoE
-# pattern (decoder_sparse_step=2 + mlp_only_layers), and sharded saves (index file).
+# Shapes the port must get right (docs/qwen3_port.md, "Porting bugs the tests guard against"): head_dim !=
+# hidden/heads everywhere, tied and untied embeddings, GQA groups 1, 2 and 4, MoE with norm_topk_prob on/off, a
+# mixed dense/MoE pattern (decoder_sparse_step=2 + mlp_only_layers), and sharded saves (index file).
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "dense_tied_g2": dict(model_type="qwen3", vocab_size=160, hidden_size=64, intermediate_size=96,
                           num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=24,

@@ -1,5 +1,5 @@
 """Cross-platform lowering for tests: export a function for "cuda" or "tpu" on this CPU-only machine, which
-runs the Pallas -> Triton / Mosaic lowerings (JAX_NOTES.md), and return the StableHLO text."""
+runs the Pallas -> Triton / Mosaic lowerings (docs/jax_notes.md), and return the StableHLO text."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A float64 numpy implementation of the decode-attention policies, one sequence and one KV head at a time,
-written from the definitions in KINETICS.md §3 (independent of kinetics_jax): the tests' ground truth."""
+written from the definitions in docs/policies.md (independent of kinetics_jax): the tests' ground truth."""
 
 from __future__ import annotations
 

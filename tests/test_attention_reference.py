@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import policy_numpy
-from kinetics_jax.attention import AttentionConfig, keep_mask, reference_decode
+from kinetics_jax.attention import reference_decode
+from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow
 
 CONFIGS = [
     AttentionConfig(),
-    AttentionConfig(kind="sliding_window", sink=4, local=9),
-    AttentionConfig(kind="topk", sink=4, local=3, topk=10),
-    AttentionConfig(kind="topk", sink=0, local=0, topk=5),
-    AttentionConfig(kind="block_topk", sink=4, local=0, block_size=8, block_topk=3),
-    AttentionConfig(kind="block_topk", sink=5, local=6, block_size=4, block_topk=4),
-    AttentionConfig(kind="block_topk", sink=4, local=0, block_size=8, block_topk=2, score="quest"),
+    AttentionConfig(SlidingWindow(sink=4, local=9)),
+    AttentionConfig(OracleTopK(sink=4, local=3, topk=10)),
+    AttentionConfig(OracleTopK(sink=0, local=0, topk=5)),
+    AttentionConfig(BlockTopK(sink=4, local=0, block_size=8, block_topk=3)),
+    AttentionConfig(BlockTopK(sink=5, local=6, block_size=4, block_topk=4)),
+    AttentionConfig(BlockTopK(sink=4, local=0, block_size=8, block_topk=2, score="quest")),
 ]
-
-
-def _numpy_kwargs(config: AttentionConfig) -> dict:
-    kw = dataclasses.asdict(config)
-    for field in ("dense_layers", "backend"):
-        kw.pop(field)
-    return {key: value for key, value in kw.items() if value is not None}
 
 
 def _inputs(seed: int, hq: int, hkv: int, t: int = 61, b: int = 4, d: int = 16):
@@ -42,10 +35,10 @@ def _inputs(seed: int, hq: int, hkv: int, t: int = 61, b: int = 4, d: int = 16):
 @pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2), (8, 2), (8, 1)])
 def test_reference_matches_float64_policy(config, hq, hkv):
     q, k, v, lengths = _inputs(hq * 7 + hkv, hq, hkv)
-    kept = np.asarray(keep_mask(jnp.asarray(q), jnp.asarray(k), jnp.asarray(lengths), config))
+    kept = np.asarray(config.policy.keep_mask(jnp.asarray(q), jnp.asarray(k), jnp.asarray(lengths)))
     out = np.asarray(reference_decode(*(jnp.asarray(a) for a in (q, k, v, lengths)), config))
     for b in range(len(lengths)):
-        expect = policy_numpy.keep(q[b], k[b], int(lengths[b]), **_numpy_kwargs(config))
+        expect = policy_numpy.keep(q[b], k[b], int(lengths[b]), **config.policy.to_fields())
         np.testing.assert_array_equal(kept[b], expect, err_msg=f"sequence {b}")
         # float32 scores and softmax over <= 61 tokens against float64: relative error ~1e-6.
         np.testing.assert_allclose(out[b], policy_numpy.attend(q[b], k[b], v[b], expect), rtol=1e-5, atol=1e-5)
@@ -54,21 +47,21 @@ def test_reference_matches_float64_policy(config, hq, hkv):
 def test_active_policies_attend_their_budget_and_dense_below_it():
     q, k, v, lengths = _inputs(0, 8, 2, t=200)
     for config in CONFIGS[1:]:
-        kept = np.asarray(keep_mask(jnp.asarray(q), jnp.asarray(k), jnp.asarray(lengths), config)).sum(-1)
+        kept = np.asarray(config.policy.keep_mask(jnp.asarray(q), jnp.asarray(k), jnp.asarray(lengths))).sum(-1)
         for b, n in enumerate(lengths):
-            if config.kind == "block_topk":
-                n_full = max(n - config.local - config.sink, 0) // config.block_size
-                expect = n if n_full <= config.block_topk else (
-                    config.budget + (n - config.local - config.sink) % config.block_size)
+            if config.policy.kind == "block_topk":
+                n_full = max(n - config.policy.local - config.policy.sink, 0) // config.policy.block_size
+                expect = n if n_full <= config.policy.block_topk else (
+                    config.policy.budget + (n - config.policy.local - config.policy.sink) % config.policy.block_size)
             else:
-                expect = min(n, config.budget)
+                expect = min(n, config.policy.budget)
             assert (kept[b] == expect).all(), (config, n, kept[b])
 
 
 def test_budget_at_least_the_length_is_dense():
     q, k, v, lengths = _inputs(3, 8, 2)
     dense = reference_decode(*(jnp.asarray(a) for a in (q, k, v, lengths)), AttentionConfig())
-    for config in (AttentionConfig(kind="block_topk", block_size=8, block_topk=8),
-                   AttentionConfig(kind="topk", topk=57), AttentionConfig(kind="sliding_window", local=57)):
+    for config in (AttentionConfig(BlockTopK(block_size=8, block_topk=8)),
+                   AttentionConfig(OracleTopK(topk=57)), AttentionConfig(SlidingWindow(local=57))):
         out = reference_decode(*(jnp.asarray(a) for a in (q, k, v, lengths)), config)
         np.testing.assert_array_equal(np.asarray(out), np.asarray(dense))

@@ -32,18 +32,18 @@ def test_transformers_mode_prints_a_row_per_batch():
 def test_attention_and_model_modes_time_xla_and_mark_pallas_unmeasured_on_cpu():
     for mode in ("attention", "model"):
         result = _run(f"--mode={mode}", "--layers=2", "--context=64,96", "--batch=2", "--steps=2",
-                      "--attention=dense-xla,block_topk-xla-32,dense-pallas", "--dtype=float32")
+                      "--attention=dense@xla,block_topk-32@xla,dense@pallas", "--dtype=float32")
         assert result.returncode == 0, result.stderr
         header, *rows = _rows(result.stdout)
         assert header[:3] == ["context", "batch", "variant"]
         assert len(rows) == 6
         for cells in rows:
-            if cells[2] == "dense-pallas":
+            if cells[2] == "dense@pallas":
                 assert cells[3].startswith("not measured")
             else:
                 assert float(cells[3]) > 0 and float(cells[4]) > 0 and cells[5].endswith("x")
 
 
 def test_unknown_variant_is_refused():
-    result = _run("--attention=block_topk-xla-30", "--context=64", "--batch=1")
-    assert result.returncode != 0 and "multiple of 16" in result.stderr
+    result = _run("--attention=block_topk-30@xla", "--context=64", "--batch=1")
+    assert result.returncode != 0 and "whole number of 16-token blocks" in result.stderr

@@ -18,13 +18,13 @@ from kinetics_jax.cost import compiled, hlo, targets
 pytestmark = pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated:DeprecationWarning")
 
 QWEN3_8B = kj.Qwen3Config.preset("qwen3-8b")
-BLOCK = kj.AttentionConfig(kind="block_topk", block_topk=64, block_size=16, backend="pallas")
+BLOCK = kj.AttentionConfig(kj.policies.BlockTopK(block_topk=64, block_size=16), backend="pallas")
 # name -> (policy, prompts, samples per prompt); contexts of 4096 tokens, prompts of 1024 for the cascade
 REQUESTS = {
     "dense": (kj.AttentionConfig(backend="pallas"), 8, 1),
     "block_topk_mean": (BLOCK, 8, 1),
-    "block_topk_quest": (dataclasses.replace(BLOCK, score="quest"), 8, 1),
-    "block_topk_8x128": (dataclasses.replace(BLOCK, block_size=8, block_topk=128), 8, 1),
+    "block_topk_quest": (dataclasses.replace(BLOCK, policy=dataclasses.replace(BLOCK.policy, score="quest")), 8, 1),
+    "block_topk_8x128": (dataclasses.replace(BLOCK, policy=kj.policies.BlockTopK(block_size=8, block_topk=128)), 8, 1),
     "cascade": (kj.AttentionConfig(backend="pallas"), 2, 4),
     "block_topk_shared_prompt": (BLOCK, 2, 4),
 }

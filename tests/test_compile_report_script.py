@@ -34,7 +34,7 @@ def test_compile_report_for_tpu_and_cuda_writes_the_figures(tmp_path):
     out, hlo, config = tmp_path / "report.json", tmp_path / "step.hlo", tmp_path / "config.json"
     config.write_text(json.dumps(dict(kj.Qwen3Config.preset("qwen3-0.6b").to_hf_dict(), num_hidden_layers=3)))
     done = _run("--target=tpu-v6e,cuda-h100", f"--config={config}", "--batch=4", "--context=1024",
-                "--attention=block_topk", "--block_topk=16", "--attention_backend=pallas", f"--json={out}",
+                "--attention=block_topk-256", "--attention_backend=pallas", f"--json={out}",
                 f"--hlo_out={hlo}")
     assert done.returncode == 0, done.stderr[-3000:]
     tpu, gpu = json.loads(out.read_text())

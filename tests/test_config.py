@@ -13,7 +13,7 @@ from kinetics_jax import Qwen3Config
 from conftest import hf_config_dict
 
 # Parameter counts used by the original Kinetics cost scripts (billions), which count the embedding and the
-# output projection separately even when they are tied (QWEN3.md).
+# output projection separately even when they are tied (docs/qwen3_port.md).
 PAPER_PARAMS = {"qwen3-0.6b": 0.752, "qwen3-1.7b": 2.03, "qwen3-8b": 8.19, "qwen3-14b": 14.77, "qwen3-32b": 32.76}
 KV_BYTES = {"qwen3-0.6b": 114_688, "qwen3-1.7b": 114_688, "qwen3-4b": 147_456, "qwen3-8b": 147_456,
             "qwen3-14b": 163_840, "qwen3-32b": 262_144}

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kinetics_jax.attention import AttentionConfig
 from kinetics_jax.config import Qwen3Config
-from kinetics_jax.cost.analytic import (HARDWARE, CostBreakdown, Hardware, from_counters, hardware,
+from kinetics_jax.cost.analytic import (HARDWARE, CostBreakdown, Hardware, from_counters, resolve_hardware,
                                         paper_dense_eflops, paper_params, phi, tts_cost)
 from kinetics_jax.sampling.engine import GenerationResult
+from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow
 
 TINY = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=8)
@@ -25,19 +25,19 @@ TERMS = ("param_flops", "attention_flops", "scoring_flops", "kv_bytes", "summary
 
 POLICIES = [
     AttentionConfig(),
-    AttentionConfig(kind="topk", sink=2, local=3, topk=5, dense_layers=()),
-    AttentionConfig(kind="topk", sink=4, local=0, topk=7, dense_layers=(0, 2)),
-    AttentionConfig(kind="block_topk", sink=3, local=2, block_size=4, block_topk=2),
-    AttentionConfig(kind="block_topk", sink=4, local=0, block_size=2, block_topk=3, score="quest",
-                    dense_layers=(1,)),
-    AttentionConfig(kind="block_topk", sink=0, local=5, block_size=8, block_topk=1, dense_layers=()),
-    AttentionConfig(kind="sliding_window", sink=1, local=6, dense_layers=(2,)),
+    AttentionConfig(OracleTopK(sink=2, local=3, topk=5), dense_layers=()),
+    AttentionConfig(OracleTopK(sink=4, local=0, topk=7), dense_layers=(0, 2)),
+    AttentionConfig(BlockTopK(sink=3, local=2, block_size=4, block_topk=2)),
+    AttentionConfig(BlockTopK(sink=4, local=0, block_size=2, block_topk=3, score="quest"), dense_layers=(1,)),
+    AttentionConfig(BlockTopK(sink=0, local=5, block_size=8, block_topk=1), dense_layers=()),
+    AttentionConfig(SlidingWindow(sink=1, local=6), dense_layers=(2,)),
 ]
 
 
 # ------------------------------------------------------------------------------------------------ brute force
 def _kept(n: int, a: AttentionConfig) -> int:
     """Tokens of a context of n one sparse layer keeps, by enumerating positions (the policy definitions)."""
+    a = a.policy
     if a.kind == "topk":
         return n if n <= a.sink + a.topk + a.local else a.sink + a.topk + a.local
     if a.kind == "sliding_window":
@@ -56,6 +56,7 @@ def brute_force(config: Qwen3Config, a: AttentionConfig, prompt_lens: list[int],
     hq, hkv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     params = paper_params(config)
     out = dict.fromkeys(TERMS, 0)
+    p, blocks = a.policy, a.policy.kind == "block_topk"
     for li, lens in zip(prompt_lens, lengths):
         for j in range(1, max(lens) + 1):
             running = [length for length in lens if length >= j]
@@ -65,15 +66,16 @@ def brute_force(config: Qwen3Config, a: AttentionConfig, prompt_lens: list[int],
             out["param_bytes"] += params * dtype_bytes if param_bytes else 0
             out["param_flops"] += 2 * params * len(running)
             for layer in range(config.num_hidden_layers):
-                dense = j == 1 or a.kind == "dense" or layer in a.dense_layers
+                dense = j == 1 or p.kind == "dense" or layer in a.dense_layers
                 # a sparse layer below its threshold attends everything and reads like a dense one (cascade)
                 shared = dense or _kept(n, a) == n
                 if shared:
                     out["kv_bytes"] += (li + len(running) * (j - 1)) * 2 * hkv * d * dtype_bytes
-                summary = (2 if a.score == "quest" else 1) * hkv * d * dtype_bytes  # per block, cache dtype
-                n_full = max(n - a.local - a.sink, 0) // a.block_size
-                prompt_blocks = max((li + a.page_offset) // a.block_size - -(-a.sink // a.block_size), 0)
-                if a.kind == "block_topk" and not shared:  # the prompt's blocks: one read for its samples
+                if blocks:
+                    summary = (2 if p.score == "quest" else 1) * hkv * d * dtype_bytes  # per block, cache dtype
+                    n_full = max(n - p.local - p.sink, 0) // p.block_size
+                    prompt_blocks = max((li + a.page_offset) // p.block_size - -(-p.sink // p.block_size), 0)
+                if blocks and not shared:  # the prompt's blocks: one read for its samples
                     out["summary_bytes"] += summary * min(n_full, prompt_blocks)
                 for _ in running:
                     attended = n if dense else _kept(n, a)
@@ -82,8 +84,8 @@ def brute_force(config: Qwen3Config, a: AttentionConfig, prompt_lens: list[int],
                         out["kv_bytes"] += attended * 2 * hkv * d * dtype_bytes
                     if dense:
                         continue
-                    if a.kind == "block_topk" and not shared:  # blocks are scored once the policy is active
-                        out["scoring_flops"] += (4 if a.score == "quest" else 2) * hkv * d * n_full
+                    if blocks and not shared:  # blocks are scored once the policy is active
+                        out["scoring_flops"] += (4 if p.score == "quest" else 2) * hkv * d * n_full
                         out["summary_bytes"] += summary * (n_full - min(n_full, prompt_blocks))
     return out
 
@@ -132,10 +134,10 @@ def test_dtype_scales_bytes_only():
 
 def test_hardware_table():
     assert HARDWARE["B200"].intensity == 562.5
-    assert hardware("b200") is HARDWARE["B200"]
+    assert resolve_hardware("b200") is HARDWARE["B200"]
     custom = Hardware("mine", 1e15, 1e12)
-    assert hardware(custom) is custom
-    # 1e5 Tera-eFLOPs is about 22 B200-seconds (KINETICS.md §2)
+    assert resolve_hardware(custom) is custom
+    # 1e5 Tera-eFLOPs is about 22 B200-seconds (docs/cost_model.md)
     assert 1e17 / HARDWARE["B200"].peak_flops == pytest.approx(22.2, abs=0.05)
 
 
@@ -175,9 +177,9 @@ def test_parameters_in_the_papers_convention():
 
 
 def test_phi_above_10_once_lo_reaches_4096():
-    # KINETICS.md §2: "Phi is above 10x once Lo >= 4096". On B200 with Li = 1024 this holds for Qwen3 0.6B..8B and
-    # the 30B-A3B MoE, for every N (the prompt read is shared, so N = 32 is the lowest). It does NOT hold for 14B
-    # (Phi = 9.7 at N = 1, 6.6 at N = 32) or 32B (7.0 / 4.8): they pass 10 only around Lo = 6K-9K.
+    # The paper: "Phi is above 10x once Lo >= 4096" (docs/cost_model.md). On B200 with Li = 1024 this holds for
+    # Qwen3 0.6B..8B and the 30B-A3B MoE, for every N (the prompt read is shared, so N = 32 is the lowest). It does
+    # NOT hold for 14B (Phi = 9.7 at N = 1, 6.6 at N = 32) or 32B (7.0 / 4.8): they pass 10 only around Lo = 6K-9K.
     for name in ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-30b-a3b"):
         for n in (1, 32):
             for lo in (4096, 8192, 32768):
@@ -204,7 +206,7 @@ def test_phi_matches_its_closed_form():
     (dict(gen_lens=[4, 5, 6], num_samples=2), "gen_lens has 3 lengths but num_samples is 2"),
     (dict(prompt_len=0), "prompt_len"),
     (dict(hardware="B300"), "unknown hardware 'B300'; known: B200, H100-SXM"),
-    (dict(attention=AttentionConfig(kind="topk", topk=4, dense_layers=(3,))), "dense_layers has layer 3"),
+    (dict(attention=AttentionConfig(OracleTopK(topk=4), dense_layers=(3,))), "dense_layers has layer 3"),
 ])
 def test_bad_inputs_name_the_field(kwargs, field):
     args = dict(prompt_len=4, gen_lens=5, num_samples=2) | kwargs
@@ -223,12 +225,12 @@ def fake_result(config: Qwen3Config, a: AttentionConfig, prompt_lens: list[int],
         for length in lens:
             for s in range(length - 1):
                 for layer in range(config.num_hidden_layers):
-                    dense = a.kind == "dense" or layer in a.dense_layers
+                    dense = a.policy.kind == "dense" or layer in a.dense_layers
                     attended[s, layer] += li + s + 1 if dense else _kept(li + s + 1, a)
     shape = np.asarray(lengths).shape
     return GenerationResult(tokens=np.zeros(shape + (steps + 1,), np.int32),
                             lengths=np.asarray(lengths, np.int32), finish_reasons=np.full(shape, "length"),
-                            attended_tokens=attended, prompt_lengths=np.asarray(prompt_lens, np.int32))
+                            attended_tokens=attended, prompt_lengths=np.asarray(prompt_lens, np.int32), attention=a)
 
 
 @pytest.mark.parametrize("attention", POLICIES, ids=lambda a: a.describe())
@@ -236,7 +238,7 @@ def test_from_counters_equal_lengths_is_the_sum_of_tts_cost(attention):
     prompt_lens, n, lo = [5, 12, 1], 3, 21
     result = fake_result(TINY, attention, prompt_lens, [[lo] * n] * len(prompt_lens))
     for param_bytes in (False, True):
-        got = from_counters(result, TINY, attention=attention, param_bytes=param_bytes)
+        got = from_counters(result, TINY, param_bytes=param_bytes)
         costs = [tts_cost(TINY, prompt_len=li, gen_lens=lo, num_samples=n, attention=attention,
                           param_bytes=param_bytes) for li in prompt_lens]
         assert got == functools.reduce(operator.add, costs)
@@ -247,18 +249,16 @@ def test_from_counters_unequal_lengths_is_the_brute_force_total(attention):
     prompt_lens, lengths = [6, 2], [[1, 14, 9], [30, 3, 30]]
     result = fake_result(TINY, attention, prompt_lens, lengths)
     for param_bytes in (False, True):
-        got = from_counters(result, TINY, attention=attention, param_bytes=param_bytes)
+        got = from_counters(result, TINY, param_bytes=param_bytes)
         assert terms(got) == brute_force(TINY, attention, prompt_lens, lengths, param_bytes)
 
 
-def test_from_counters_refuses_a_result_of_another_policy():
-    sparse = AttentionConfig(kind="sliding_window", sink=1, local=2, dense_layers=(0,))
+def test_from_counters_refuses_counters_of_another_shape():
+    sparse = AttentionConfig(SlidingWindow(sink=1, local=2), dense_layers=(0,))
     result = fake_result(TINY, sparse, [9], [[12, 7]])
-    with pytest.raises(ValueError, match="does not match attention"):
-        from_counters(result, TINY, attention=AttentionConfig())
     short = dataclasses.replace(result, attended_tokens=result.attended_tokens[:-1])
     with pytest.raises(ValueError, match="attended_tokens has shape"):
-        from_counters(short, TINY, attention=sparse)
+        from_counters(short, TINY)
 
 
 # ------------------------------------------------------------------------------------------------ properties
@@ -270,13 +270,13 @@ def policies(draw, layers: int, max_budget: int = 40) -> AttentionConfig:
     dense_layers = tuple(draw(st.sets(st.integers(0, layers - 1), max_size=layers)))
     sink, local = draw(st.integers(0, 8)), draw(st.integers(0, max_budget))
     if kind == "topk":
-        return AttentionConfig(kind=kind, sink=sink, local=local, topk=draw(st.integers(1, max_budget)),
+        return AttentionConfig(OracleTopK(sink=sink, local=local, topk=draw(st.integers(1, max_budget))),
                                dense_layers=dense_layers)
     if kind == "sliding_window":
-        return AttentionConfig(kind=kind, sink=sink, local=max(local, 1), dense_layers=dense_layers)
-    return AttentionConfig(kind=kind, sink=sink, local=local, block_size=draw(st.sampled_from([1, 2, 4, 8, 16])),
-                           block_topk=draw(st.integers(1, 8)), score=draw(st.sampled_from(["mean", "quest"])),
-                           dense_layers=dense_layers)
+        return AttentionConfig(SlidingWindow(sink=sink, local=max(local, 1)), dense_layers=dense_layers)
+    return AttentionConfig(BlockTopK(sink=sink, local=local, block_size=draw(st.sampled_from([1, 2, 4, 8, 16])),
+                                     block_topk=draw(st.integers(1, 8)),
+                                     score=draw(st.sampled_from(["mean", "quest"]))), dense_layers=dense_layers)
 
 
 MODELS = [TINY, TINY_TIED, Qwen3Config.preset("qwen3-0.6b"), Qwen3Config.preset("qwen3-8b"),
@@ -318,10 +318,10 @@ def test_monotone_in_length_and_samples(job, lo, extra, more):
 def test_monotone_in_sparse_budget(job, lo, grow):
     a = job["attention"]
     job["gen_lens"] = lo
-    if a.kind == "dense":
+    if a.policy.kind == "dense":
         return
-    field = {"topk": "topk", "block_topk": "block_topk", "sliding_window": "local"}[a.kind]
-    bigger = dataclasses.replace(a, **{field: getattr(a, field) + grow})
+    field = {"topk": "topk", "block_topk": "block_topk", "sliding_window": "local"}[a.policy.kind]
+    bigger = dataclasses.replace(a, policy=dataclasses.replace(a.policy, **{field: getattr(a.policy, field) + grow}))
     big, small = _cost(job, attention=bigger), _cost(job)
     assert big.attention_flops >= small.attention_flops
     # Up to the selection overhead: a bigger budget stays below its threshold (dense, nothing scored) longer.
@@ -356,7 +356,7 @@ def test_sparse_layers_share_the_prompt_only_below_their_threshold():
     # prompt once for all 32 samples (the engine runs the cascade); past it each sample reads its own selection,
     # which costs more than dense until the context is well past the budget.
     config = Qwen3Config.preset("qwen3-8b")
-    block = AttentionConfig(kind="block_topk", block_size=16, block_topk=128, local=0)
+    block = AttentionConfig(BlockTopK(block_size=16, block_topk=128, local=0))
 
     def cost(lo, a):
         return tts_cost(config, prompt_len=1024, gen_lens=lo, num_samples=32, attention=a)

@@ -62,8 +62,8 @@ def test_decode_step_cost_matches_the_analytic_parameter_flops(layers):
 
 @pytest.mark.parametrize("attention", [
     kj.AttentionConfig(),
-    kj.AttentionConfig(kind="block_topk", block_topk=1, sink=4, local=3, dense_layers=(1,)),
-    kj.AttentionConfig(kind="sliding_window", local=9, dense_layers=()),
+    kj.AttentionConfig(kj.policies.BlockTopK(block_topk=1, sink=4, local=3), dense_layers=(1,)),
+    kj.AttentionConfig(kj.policies.SlidingWindow(local=9), dense_layers=()),
 ], ids=kj.AttentionConfig.describe)
 def test_counters_of_a_real_run_price_like_the_analytic_model(attention, hf_checkpoints):
     """Greedy, no EOS: every sample generates exactly L tokens, so the run's measured attended-token counters
@@ -74,7 +74,7 @@ def test_counters_of_a_real_run_price_like_the_analytic_model(attention, hf_chec
     result = kj.generate(model, prompts, num_samples=3, max_new_tokens=50,
                          sampling=kj.SamplingConfig.greedy_config(), attention=attention)
     assert (result.lengths == 50).all()
-    measured = cost.from_counters(result, model.config, attention=attention, dtype="float32")
+    measured = cost.from_counters(result, model.config, dtype="float32")
     expected = [cost.tts_cost(model.config, prompt_len=len(p), gen_lens=50, num_samples=3, attention=attention,
                               dtype="float32") for p in prompts]
     for field in ("param_flops", "attention_flops", "scoring_flops", "kv_bytes", "summary_bytes"):

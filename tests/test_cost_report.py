@@ -31,7 +31,7 @@ def test_table_prices_dense_and_each_budget():
     assert result.returncode == 0, result.stderr
     header, *rows = _rows(result.stdout)
     assert header[0] == "policy" and "Phi" in header
-    assert [r[0].split("(")[0] for r in rows] == ["dense", "block_topk", "block_topk"]
+    assert [r[0].split(" (")[0] for r in rows] == ["dense", "block_topk-256", "block_topk-1024"]
     dense = cost.tts_cost(kj.Qwen3Config.preset("qwen3-8b"), prompt_len=1024, gen_lens=16384, num_samples=8)
     assert float(rows[0][3]) == pytest.approx(dense.eflops, rel=1e-3) and rows[0][6] == "1.000"
     assert float(rows[1][6]) < float(rows[2][6]) < 1.0  # a smaller budget costs less, both less than dense
@@ -49,7 +49,7 @@ def test_prices_a_results_jsonl(tmp_path):
     _, *rows = _rows(result.stdout)
     assert len(rows) == 2 and rows[0][4].startswith("block_topk")
     expected = cost.tts_cost(kj.Qwen3Config.preset("qwen3-0.6b"), prompt_len=100, gen_lens=[50, 100, 150],
-                             num_samples=3, attention=kj.AttentionConfig(kind="block_topk", block_topk=4))
+                             num_samples=3, attention=kj.AttentionConfig(kj.policies.BlockTopK(block_topk=4)))
     assert float(rows[0][5]) == pytest.approx(expected.eflops, rel=1e-3)
     path.write_text("not json\n")
     bad = _run("--config=qwen3-0.6b", f"--results={path}")

@@ -12,23 +12,19 @@ import pytest
 import policy_numpy
 from lowering import MARKERS, export_mlir
 from kinetics_jax import Qwen3Config
-from kinetics_jax.attention import AttentionConfig, decode_attention, sparse_decode
+from kinetics_jax.attention import decode_attention, sparse_decode
 from kinetics_jax.cache import CachePlan, KVCache
+from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow
 
-BLOCK = AttentionConfig(kind="block_topk", sink=4, local=0, block_size=16, block_topk=2)
+BLOCK = AttentionConfig(BlockTopK(sink=4, local=0, block_size=16, block_topk=2))
 CASES = [
     (AttentionConfig(), [1, 2, 4, 8]),
     (BLOCK, [1, 2, 4, 8]),
-    (AttentionConfig(kind="block_topk", sink=7, local=5, block_size=16, block_topk=3, score="quest"), [4]),
-    (AttentionConfig(kind="block_topk", sink=4, local=0, block_size=8, block_topk=5), [2]),  # the paper's blocks
-    (AttentionConfig(kind="sliding_window", sink=4, local=21), [2]),
-    (AttentionConfig(kind="topk", sink=4, local=3, topk=20), [2]),
+    (AttentionConfig(BlockTopK(sink=7, local=5, block_size=16, block_topk=3, score="quest")), [4]),
+    (AttentionConfig(BlockTopK(sink=4, local=0, block_size=8, block_topk=5)), [2]),  # the paper's blocks
+    (AttentionConfig(SlidingWindow(sink=4, local=21)), [2]),
+    (AttentionConfig(OracleTopK(sink=4, local=3, topk=20)), [2]),
 ]
-
-
-def _numpy_kwargs(config: AttentionConfig) -> dict:
-    kw = {key: value for key, value in dataclasses.asdict(config).items() if value is not None}
-    return {key: value for key, value in kw.items() if key not in ("dense_layers", "backend")}
 
 
 def _inputs(seed: int, group: int, dtype, t: int = 101, hkv: int = 2, d: int = 32):
@@ -43,7 +39,7 @@ def _inputs(seed: int, group: int, dtype, t: int = 101, hkv: int = 2, d: int = 3
 
 # every case on both backends, except the oracle top-k: it has no kernel (AttentionConfig refuses it)
 BACKEND_CASES = [(config, groups, backend) for config, groups in CASES for backend in ("xla", "pallas")
-                 if not (config.kind == "topk" and backend == "pallas")]
+                 if not (config.policy.kind == "topk" and backend == "pallas")]
 
 
 @pytest.mark.parametrize("config,groups,backend", BACKEND_CASES,
@@ -51,10 +47,10 @@ BACKEND_CASES = [(config, groups, backend) for config, groups in CASES for backe
 def test_sparse_decode_float32_matches_float64_policy(config, groups, backend):
     for group in groups:
         args, (q, k, v, lengths) = _inputs(group, group, jnp.float32)
-        out = np.asarray(sparse_decode(*args, config, backend=backend))
+        out = np.asarray(sparse_decode(*args, dataclasses.replace(config, backend=backend)))
         assert np.isfinite(out).all()
         for b, n in enumerate(lengths):
-            kept = policy_numpy.keep(q[b], np.nan_to_num(k[b]), int(n), **_numpy_kwargs(config))
+            kept = policy_numpy.keep(q[b], np.nan_to_num(k[b]), int(n), **config.policy.to_fields())
             expect = policy_numpy.attend(q[b], k[b], v[b], kept)
             # float32 scores / online softmax over <= 101 tokens vs float64: relative error ~1e-6.
             np.testing.assert_allclose(out[b], expect, rtol=1e-5, atol=1e-5, err_msg=f"group {group}, seq {b}")
@@ -63,10 +59,10 @@ def test_sparse_decode_float32_matches_float64_policy(config, groups, backend):
 @pytest.mark.parametrize("backend", ["xla", "pallas"])
 def test_sparse_decode_bfloat16(backend):
     args, (q, k, v, lengths) = _inputs(5, 4, jnp.bfloat16)
-    out = np.asarray(sparse_decode(*args, BLOCK, backend=backend).astype(jnp.float32))
+    out = np.asarray(sparse_decode(*args, dataclasses.replace(BLOCK, backend=backend)).astype(jnp.float32))
     q, k, v = (np.asarray(a.astype(jnp.float32)) for a in args[:3])  # the bf16-rounded inputs, in float64
     for b, n in enumerate(lengths):
-        kept = policy_numpy.keep(q[b], np.nan_to_num(k[b]), int(n), **_numpy_kwargs(BLOCK))
+        kept = policy_numpy.keep(q[b], np.nan_to_num(k[b]), int(n), **BLOCK.policy.to_fields())
         # bf16 keeps 8 mantissa bits: probabilities and the output are rounded to ~2^-8 = 0.4% of their size,
         # on outputs of magnitude <= ~1 (averages of unit normals): atol 2e-2 covers a few roundings.
         np.testing.assert_allclose(out[b], policy_numpy.attend(q[b], k[b], v[b], kept), atol=2e-2)
@@ -75,9 +71,9 @@ def test_sparse_decode_bfloat16(backend):
 @pytest.mark.parametrize("backend", ["xla", "pallas"])
 def test_budget_covering_the_sequence_equals_dense(backend):
     args, _ = _inputs(7, 2, jnp.float32)
-    dense = sparse_decode(*args, AttentionConfig(), backend=backend)
-    for config in (dataclasses.replace(BLOCK, block_topk=7), AttentionConfig(kind="sliding_window", local=97)):
-        np.testing.assert_allclose(np.asarray(sparse_decode(*args, config, backend=backend)), np.asarray(dense),
+    dense = sparse_decode(*args, AttentionConfig(backend=backend))
+    for config in (AttentionConfig(dataclasses.replace(BLOCK.policy, block_topk=7)), AttentionConfig(SlidingWindow(local=97))):
+        np.testing.assert_allclose(np.asarray(sparse_decode(*args, dataclasses.replace(config, backend=backend))), np.asarray(dense),
                                    rtol=1e-6, atol=1e-6)
 
 
@@ -113,9 +109,9 @@ def test_decode_attention_dense_and_cascade_pallas(num_samples):
     b = len(prompt_lengths) * num_samples
     lengths = np.repeat(prompt_lengths, num_samples) + np.arange(b) % 7 + 1  # mid-decode, different per sample
     q = np.random.default_rng(1).normal(size=(b, 8, 32)).astype(np.float32)
-    fn = jax.jit(decode_attention, static_argnames=("config", "page_offset", "num_samples"))
+    fn = jax.jit(decode_attention, static_argnames=("config", "num_samples"))
     out, attended = fn(jnp.asarray(q), cache, jnp.int32(1), jnp.asarray(plan.page_table), jnp.asarray(lengths),
-                       AttentionConfig(backend="pallas"), page_offset=0, num_samples=num_samples,
+                       AttentionConfig(backend="pallas"), num_samples=num_samples,
                        shared_pages=jnp.asarray(plan.shared_pages_per_prompt))
     np.testing.assert_array_equal(np.asarray(attended), lengths)
     for s in range(b):
@@ -137,14 +133,14 @@ def _abstract_decode_args(batch: int = 8, width: int = 257):
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("config,num_samples", [
-    (dataclasses.replace(BLOCK, block_topk=64, backend="pallas"), 1),  # budget 1024, layer 0 dense
+    (AttentionConfig(dataclasses.replace(BLOCK.policy, block_topk=64), backend="pallas"), 1),  # budget 1024, layer 0 dense
     (AttentionConfig(backend="pallas"), 4),                             # cascade: 2 prompts x 4 samples
 ], ids=["block_topk", "cascade"])
 def test_decode_attention_lowers_with_the_platform_kernel(platform, config, num_samples):
     """The engine's decode attention (XLA selection + kernels) exported for GPU / TPU picks that platform's
     kernel (lax.platform_dependent), not the CPU interpret path."""
     def fn(q, cache, layer, table, lengths, shared):
-        return decode_attention(q, cache, layer, table, lengths, config, page_offset=config.page_offset,
+        return decode_attention(q, cache, layer, table, lengths, config,
                                 num_samples=num_samples, shared_pages=shared)
 
     text = export_mlir(fn, platform, *_abstract_decode_args())
@@ -152,8 +148,8 @@ def test_decode_attention_lowers_with_the_platform_kernel(platform, config, num_
     assert "interpret" not in text.lower()
 
 
-@pytest.mark.parametrize("config", [AttentionConfig(), BLOCK, AttentionConfig(kind="sliding_window", local=64),
-                                    AttentionConfig(kind="topk", topk=64)], ids=AttentionConfig.describe)
+@pytest.mark.parametrize("config", [AttentionConfig(), BLOCK, AttentionConfig(SlidingWindow(local=64)),
+                                    AttentionConfig(OracleTopK(topk=64))], ids=AttentionConfig.describe)
 def test_step_work_does_not_follow_the_page_table_width(config):
     """A step costs what it reads: XLA's count of one compiled decode-attention step (every loop's trip count is
     a run-time value, its body is counted once) is the same for a page table of 64 pages as for one of 2048,
@@ -166,8 +162,7 @@ def test_step_work_does_not_follow_the_page_table_width(config):
         pool = (1, 2, pages, 16, 32)
         summaries = [sds((1, pages, 2, 32), jnp.float32)] * len(config.summaries)
         cache = KVCache(sds(pool, jnp.float32), sds(pool, jnp.float32), *summaries)
-        fn = jax.jit(lambda q, c, t, n: decode_attention(q, c, jnp.int32(0), t, n, config,
-                                                         page_offset=config.page_offset)[0])
+        fn = jax.jit(lambda q, c, t, n: decode_attention(q, c, jnp.int32(0), t, n, config)[0])
         analysis = fn.lower(sds((8, 4, 32), jnp.float32), cache, sds((8, width), jnp.int32),
                             sds((8,), jnp.int32)).compile().cost_analysis()
         return analysis[0] if isinstance(analysis, (list, tuple)) else analysis

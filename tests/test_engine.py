@@ -16,11 +16,12 @@ from flax import nnx
 from jax.sharding import AbstractMesh
 
 import kinetics_jax as kj
-from kinetics_jax import distributed
-from kinetics_jax.attention import AttentionConfig
 from kinetics_jax.cache import CachePlan
 from kinetics_jax.sampling import RepetitionStop, SamplingConfig, generate
 from kinetics_jax.sampling.engine import decode_step, prefill
+from kinetics_jax.sharding import meshes, planning
+from kinetics_jax.sharding.axes import MESH_AXES
+from kinetics_jax.policies import AttentionConfig, BlockTopK
 
 GREEDY = SamplingConfig.greedy_config()
 
@@ -75,7 +76,7 @@ def test_cached_logits_equal_full_forward_at_every_step(name, hf_checkpoints):
     padded = np.zeros((2, 32), np.int32)
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p
-    attention = AttentionConfig(block_size=page_size)
+    attention = AttentionConfig(page_size=page_size)
     logits, cache = prefill(model, jnp.asarray(padded), jnp.asarray([11, 20]), jnp.asarray(plan.prefill_writes(32)),
                             plan.num_pages, attention)
     continuation = np.random.default_rng(3).integers(0, 160, (4, new))  # sequences: (p0,s0) (p0,s1) (p1,s0) (p1,s1)
@@ -224,20 +225,20 @@ def test_absurd_num_samples_is_refused_from_arithmetic(tiny_model):
 
 @pytest.mark.parametrize("lengths,n,new,attention,mesh_shape", [
     ([11, 20, 3], 3, 40, AttentionConfig(), (1, 1)),
-    ([16, 1, 33, 47], 5, 17, AttentionConfig(kind="block_topk", block_topk=2, sink=4), (2, 1)),
-    ([100, 5, 9], 4, 64, AttentionConfig(kind="block_topk", block_topk=2, score="quest", block_size=8), (4, 2)),
-    ([30, 31], 6, 1, AttentionConfig(block_size=32), (2, 4)),  # "model" 4 > 2 KV heads: copies
+    ([16, 1, 33, 47], 5, 17, AttentionConfig(BlockTopK(block_topk=2, sink=4)), (2, 1)),
+    ([100, 5, 9], 4, 64, AttentionConfig(BlockTopK(block_topk=2, score="quest", block_size=8)), (4, 2)),
+    ([30, 31], 6, 1, AttentionConfig(page_size=32), (2, 4)),  # "model" 4 > 2 KV heads: copies
 ])
 def test_cache_size_closed_form_equals_the_plans(lengths, n, new, attention, mesh_shape, tiny_model):
     """The arithmetic the budget check uses gives exactly the pages and bytes of the plans it replaces."""
     model = tiny_model
-    mesh = AbstractMesh(mesh_shape, distributed.MESH_AXES)
-    _, plans = distributed.request_plans(lengths, n, new, attention, mesh_shape[0])
-    pages = distributed.cache_pages_per_shard(lengths, n, new, attention, mesh_shape[0])
+    mesh = AbstractMesh(mesh_shape, MESH_AXES)
+    _, plans = planning.request_plans(lengths, n, new, attention, mesh_shape[0])
+    pages = planning.cache_pages_per_shard(lengths, n, new, attention, mesh_shape[0])
     assert pages == max(plan.num_pages for plan in plans)
     pool = dataclasses.replace(plans[0], num_pages=pages).bytes(TINY, model.dtype, len(attention.summaries))
-    assert distributed.kv_cache_bytes_per_device(pages, TINY, model.dtype, attention, mesh) == (
-        pool * distributed.kv_replicas(TINY, mesh) // mesh_shape[1])
+    assert planning.kv_cache_bytes_per_device(pages, TINY, model.dtype, attention, mesh) == (
+        pool * meshes.kv_replicas(TINY, mesh) // mesh_shape[1])
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 
 import kinetics_jax as kj
-from kinetics_jax.attention import AttentionConfig, reference_decode
+from kinetics_jax.attention import reference_decode
 from kinetics_jax.cache import CachePlan
 from kinetics_jax.model.attention import causal_attention
 from kinetics_jax.sampling import SamplingConfig, generate
 from kinetics_jax.sampling.engine import decode_step, prefill
+from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow
 
 GREEDY = SamplingConfig.greedy_config()
-BLOCK = AttentionConfig(kind="block_topk", sink=4, local=0, block_size=16, block_topk=1)
+BLOCK = AttentionConfig(BlockTopK(sink=4, local=0, block_size=16, block_topk=1))
 POLICIES = [
     BLOCK,
     dataclasses.replace(BLOCK, backend="pallas", dense_layers=(0, 2)),
-    AttentionConfig(kind="block_topk", sink=5, local=7, block_size=16, block_topk=1, score="quest",
-                    backend="pallas"),
-    AttentionConfig(kind="topk", sink=4, local=4, topk=8),
-    AttentionConfig(kind="sliding_window", sink=4, local=12, backend="pallas", dense_layers=()),
+    AttentionConfig(BlockTopK(sink=5, local=7, block_size=16, block_topk=1, score="quest"), backend="pallas"),
+    AttentionConfig(OracleTopK(sink=4, local=4, topk=8)),
+    AttentionConfig(SlidingWindow(sink=4, local=12), backend="pallas", dense_layers=()),
 ]
 
 
@@ -83,7 +83,7 @@ def test_engine_matches_reference_policy_loop(config, hf_checkpoints):
     model = kj.load_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], dtype=jnp.float32)
     lengths, new, n = [11, 23], 30, 2
     prompts = _prompts(lengths, seed=2)
-    plan = CachePlan.for_request(lengths, n, new, config.block_size, page_offset=config.page_offset)
+    plan = CachePlan.for_request(lengths, n, new, config.page_size, page_offset=config.page_offset)
     padded = np.zeros((2, 32), np.int32)
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p
@@ -112,11 +112,11 @@ def _attended(config: AttentionConfig, layer: int, lengths: np.ndarray) -> int:
         return int(lengths.sum())
     total = 0
     for n in lengths:
-        if config.kind == "block_topk":
-            n_full = max(n - config.local - config.sink, 0) // config.block_size
-            total += n - max(n_full - config.block_topk, 0) * config.block_size
+        if config.policy.kind == "block_topk":
+            n_full = max(n - config.policy.local - config.policy.sink, 0) // config.policy.block_size
+            total += n - max(n_full - config.policy.block_topk, 0) * config.policy.block_size
         else:
-            total += min(n, config.budget)
+            total += min(n, config.policy.budget)
     return total
 
 
@@ -126,7 +126,7 @@ def test_block_topk_covering_the_sequence_gives_dense_tokens(backend, hf_checkpo
     prompts = _prompts([9, 30], seed=4)
     dense = generate(model, prompts, num_samples=2, max_new_tokens=40, sampling=GREEDY,
                      attention=AttentionConfig(backend=backend))
-    wide = AttentionConfig(kind="block_topk", block_topk=5, dense_layers=(), backend=backend)  # 4 + 80 >= 70
+    wide = AttentionConfig(BlockTopK(block_topk=5), dense_layers=(), backend=backend)  # 4 + 80 >= 70
     sparse = generate(model, prompts, num_samples=2, max_new_tokens=40, sampling=GREEDY, attention=wide)
     np.testing.assert_array_equal(sparse.tokens, dense.tokens)
     np.testing.assert_array_equal(sparse.attended_tokens, dense.attended_tokens)
@@ -141,4 +141,4 @@ def test_sparse_generate_attends_its_budget(hf_checkpoints):
         n = 50 + step + 1
         assert row[0] == n
         assert (row[1:] == _attended(BLOCK, 1, np.asarray([n]))).all()
-        assert (row[1:] <= BLOCK.budget + BLOCK.block_size - 1).all()
+        assert (row[1:] <= BLOCK.policy.budget + BLOCK.policy.block_size - 1).all()

@@ -1,4 +1,5 @@
-"""kinetics_jax.scaling.frontier on synthetic results whose optimum is known by construction.
+"""kinetics_jax.scaling (points, optima, curves, frontier, costlier, isocost, analysis) on synthetic results whose
+optimum is known by construction.
 
 The disagreement case (long-CoT, 4 problems, 1 sample each, prompt 100 tokens):
   small = Qwen3-0.6B, every trace runs 8192 tokens, right on problems 0-2 only at the full length;
@@ -12,26 +13,26 @@ times the eFLOPs optimum (1 above 0.75, where both pick big).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from kinetics_jax import AttentionConfig, Qwen3Config
+from kinetics_jax import Qwen3Config
 from kinetics_jax.cost import paper_params, tts_cost
 from kinetics_jax.eval import results
-from kinetics_jax.scaling import frontier as fr
+from kinetics_jax import scaling
 from kinetics_jax.scaling import runs
+from kinetics_jax.policies import AttentionConfig, BlockTopK
 
 SMALL, BIG = Qwen3Config.preset("qwen3-0.6b"), Qwen3Config.preset("qwen3-8b")
 DENSE = AttentionConfig()
-SPARSE = AttentionConfig(kind="block_topk", block_size=16, block_topk=16)
+SPARSE = AttentionConfig(BlockTopK(block_size=16, block_topk=16))
 PROMPT = 100
 
 
 def _attention_dict(attention: AttentionConfig) -> dict:
-    return {**dataclasses.asdict(attention), "dense_layers": list(attention.dense_layers)}
+    return attention.to_fields()
 
 
 def _record(model: str, config: Qwen3Config, strategy: str, problem: int, sample: int, length: int, correct: bool,
@@ -65,15 +66,15 @@ def agreement_records() -> list[dict]:
     return records
 
 
-def _points(records: list[dict]) -> list[fr.ConfigPoints]:
-    return fr.align_queries([p for run in runs.group_runs(records) for p in fr.run_points(run, "B200")])
+def _points(records: list[dict]) -> list[scaling.ConfigPoints]:
+    return scaling.align_queries([p for run in runs.group_runs(records) for p in scaling.run_points(run, "B200")])
 
 
 def _cost(config: Qwen3Config, length: int, n: int = 1, attention: AttentionConfig = DENSE):
     return tts_cost(config, prompt_len=PROMPT, gen_lens=length, num_samples=n, attention=attention, hardware="B200")
 
 
-def _model(points: list[fr.ConfigPoints], name: str) -> list[fr.ConfigPoints]:
+def _model(points: list[scaling.ConfigPoints], name: str) -> list[scaling.ConfigPoints]:
     return [p for p in points if p.model == name]
 
 
@@ -105,7 +106,8 @@ def test_runs_group_by_model_dataset_and_config():
 def test_long_cot_points_truncate_the_traces_at_each_budget():
     points = _points(disagreement_records())
     small = _model(points, "small")
-    assert [p.setting for p in small] == ["B=2048", "B=4096", "B=8192"]
+    assert [p.label for p in small] == ["B=2048", "B=4096", "B=8192"]
+    assert [(p.budget, p.samples) for p in small] == [(2048, None), (4096, None), (8192, None)]
     assert [p.gen_tokens for p in small] == [2048, 4096, 8192]
     np.testing.assert_array_equal(small[0].metric, [0, 0, 0, 0])
     np.testing.assert_array_equal(small[2].metric, [1, 1, 1, 0])
@@ -127,7 +129,7 @@ def test_budgets_come_from_the_run_config_and_the_records():
         r["truncation"] = {b: v for b, v in truncation.items() if int(b) < r["length"]}  # and cuts longer traces only
     points = _points(records)
     big, small = _model(points, "big"), _model(points, "small")
-    assert [p.setting for p in big] == ["B=1024", "B=2048", "B=4096", "B=8192"]  # 2048, 4096: in no big record
+    assert [p.label for p in big] == ["B=1024", "B=2048", "B=4096", "B=8192"]  # 2048, 4096: in no big record
     assert [p.metric.mean() for p in big] == [1.0, 1.0, 1.0, 1.0]
     assert [p.metric.mean() for p in small] == [0.0, 0.0, 0.0, 0.75]
     np.testing.assert_allclose(big[0].eflops, _cost(BIG, 1024).eflops, rtol=1e-12)
@@ -138,6 +140,8 @@ def test_a_missing_truncation_entry_is_inferred_only_for_a_finished_trace():
     records = disagreement_records()
     records[4]["truncation"] = {"4096": True}  # big, 2048 tokens: correct at 2048 whatever the cut
     assert [p.metric[0] for p in _model(_points(records), "big")] == [1.0, 1.0, 1.0]
+    records[5]["truncation"] = {"2048": False}  # an entry at the trace's end is not read: its final grade counts
+    assert [p.metric[1] for p in _model(_points(records), "big")] == [1.0, 1.0, 1.0]
     records[0]["truncation"] = {"4096": False}  # small, 8192 tokens: the 2048 cut is unknown
     with pytest.raises(ValueError, match="budget 2048"):
         _points(records)
@@ -147,7 +151,8 @@ def test_best_of_n_points_price_each_sample_length_with_k_trials():
     records = agreement_records()
     records[0]["length"], records[1]["length"] = 100, 300  # p0 samples: 100, 300, 256, 256 tokens
     small = _model(_points(records), "small")
-    assert [p.setting for p in small] == ["k=1", "k=2", "k=4"] and [p.gen_tokens for p in small] == [256, 512, 1024]
+    assert [p.samples for p in small] == [1, 2, 4] and [p.label for p in small] == ["k=1", "k=2", "k=4"]
+    assert [p.gen_tokens for p in small] == [256, 512, 1024]
     np.testing.assert_allclose([p.metric[0] for p in small], [0.25, 0.5, 1.0])
     for p, k in zip(small, (1, 2, 4)):
         expected = np.mean([_cost(SMALL, length, k).eflops for length in (100, 300, 256, 256)])
@@ -159,41 +164,41 @@ def test_best_of_n_points_price_each_sample_length_with_k_trials():
 def test_query_optimum_takes_each_querys_best_affordable_configuration():
     small = _model(_points(disagreement_records()), "small")
     full = _cost(SMALL, 8192).compute_flops
-    np.testing.assert_array_equal(fr.query_optimum(small, full, "flops"), [1, 1, 1, 0])
-    np.testing.assert_array_equal(fr.query_optimum(small, full * 0.999, "flops"), [0, 0, 0, 0])
-    np.testing.assert_array_equal(fr.query_choice(small, full, "flops"), [2, 2, 2, -1])
+    np.testing.assert_array_equal(scaling.query_optimum(small, full, "flops"), [1, 1, 1, 0])
+    np.testing.assert_array_equal(scaling.query_optimum(small, full * 0.999, "flops"), [0, 0, 0, 0])
+    np.testing.assert_array_equal(scaling.query_choice(small, full, "flops"), [2, 2, 2, -1])
     # a query takes its own best: make p3 right at 2048 tokens only
     small[0].metric[3] = 1.0
-    np.testing.assert_array_equal(fr.query_optimum(small, _cost(SMALL, 2048).compute_flops, "flops"), [0, 0, 0, 1])
-    np.testing.assert_array_equal(fr.query_choice(small, full, "flops"), [2, 2, 2, 0])
+    np.testing.assert_array_equal(scaling.query_optimum(small, _cost(SMALL, 2048).compute_flops, "flops"), [0, 0, 0, 1])
+    np.testing.assert_array_equal(scaling.query_choice(small, full, "flops"), [2, 2, 2, 0])
 
 
 def test_budget_curve_is_the_mean_of_the_per_query_optimum():
     rng = np.random.default_rng(0)
     for trial in range(20):
         configs, queries = rng.integers(1, 6), rng.integers(1, 8)
-        points = [fr.ConfigPoints(model="m", params=1, dataset="d", strategy="long_cot", policy="dense",
-                                  setting=f"c{c}", gen_tokens=c, hardware="B200",
+        points = [scaling.ConfigPoints(model="m", params=1, dataset="d", strategy="long_cot", policy="dense",
+                                  budget=c + 1, gen_tokens=c, hardware="B200",
                                   queries=tuple(f"q{i}" for i in range(queries)),
                                   metric=rng.choice([0.0, 0.25, 0.5, 1.0], queries),
                                   flops=rng.choice([1.0, 2.0, 5.0, 10.0], queries), eflops=np.ones(queries))
                   for c in range(configs)]
-        curve = fr.budget_curve(points, "flops")
+        curve = scaling.budget_curve(points, "flops")
         for budget in (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 11.0):
-            assert curve(budget) == pytest.approx(fr.query_optimum(points, budget, "flops").mean(), abs=1e-12)
+            assert curve(budget) == pytest.approx(scaling.query_optimum(points, budget, "flops").mean(), abs=1e-12)
 
 
 def test_smooth3_is_a_centered_moving_average_kept_monotone():
-    np.testing.assert_allclose(fr.smooth3(np.array([0.0, 0.0, 3.0, 3.0])), [0, 1, 2, 3])
-    np.testing.assert_allclose(fr.smooth3(np.array([[1.0, 4.0]])), [[2.5, 2.5]])
+    np.testing.assert_allclose(scaling.smooth3(np.array([0.0, 0.0, 3.0, 3.0])), [0, 1, 2, 3])
+    np.testing.assert_allclose(scaling.smooth3(np.array([[1.0, 4.0]])), [[2.5, 2.5]])
     rng = np.random.default_rng(1)
     curve = np.cumsum(rng.random((3, 50)), axis=1)
-    assert np.all(np.diff(fr.smooth3(curve), axis=1) >= 0)
+    assert np.all(np.diff(scaling.smooth3(curve), axis=1) >= 0)
 
 
 def test_cost_grid_spans_the_costs_with_two_points_beyond_each_end():
     points = _points(disagreement_records())
-    grid = fr.cost_grid(points, "eflops", 20)
+    grid = scaling.cost_grid(points, "eflops", 20)
     costs = np.concatenate([p.eflops for p in points])
     assert grid[2] == costs.min() and grid[-3] == costs.max()  # exactly: the dearest configuration fits there
     np.testing.assert_allclose(grid[1:] / grid[:-1], grid[1] / grid[0])
@@ -205,8 +210,8 @@ def test_flops_and_eflops_pick_different_models():
     small_f, big_f = _cost(SMALL, 8192), _cost(BIG, 2048)
     assert small_f.compute_flops < big_f.compute_flops and small_f.eflops > 5 * big_f.eflops  # the premise
 
-    flops = fr.pareto_frontier(points, "flops", fr.cost_grid(points, "flops", 200))
-    eflops = fr.pareto_frontier(points, "eflops", fr.cost_grid(points, "eflops", 200))
+    flops = scaling.pareto_frontier(points, "flops", scaling.cost_grid(points, "flops", 200))
+    eflops = scaling.pareto_frontier(points, "eflops", scaling.cost_grid(points, "eflops", 200))
     for f in (flops, eflops):
         assert f.models == ("small", "big")
         for curve in (*f.raw, *f.smoothed, f.accuracy):
@@ -225,7 +230,7 @@ def test_flops_and_eflops_pick_different_models():
 
 def test_costlier_ratio_is_the_eflops_price_of_the_flops_choice():
     points = _points(disagreement_records())
-    ratio = fr.costlier_ratio(points, levels=50)
+    ratio = scaling.costlier_ratio(points, levels=50)
     expected = _cost(SMALL, 8192).eflops / _cost(BIG, 2048).eflops
     np.testing.assert_allclose(ratio.levels, np.arange(1, 51) / 50)
     low = ratio.levels <= 0.75
@@ -240,7 +245,7 @@ def test_costlier_ratio_is_one_when_both_cost_models_agree():
     points = _points(agreement_records())
     small4, big1 = _cost(SMALL, 256, 4), _cost(BIG, 1024, 1)
     assert small4.compute_flops < big1.compute_flops and small4.eflops < big1.eflops  # the premise
-    ratio = fr.costlier_ratio(points, levels=20)
+    ratio = scaling.costlier_ratio(points, levels=20)
     assert ratio.flops_model == ratio.eflops_model
     assert ratio.flops_model == ("small",) * 10 + ("big",) * 10
     np.testing.assert_allclose(ratio.ratio, 1.0, rtol=1e-12)
@@ -248,36 +253,36 @@ def test_costlier_ratio_is_one_when_both_cost_models_agree():
 
 
 def test_isocost_grid_holds_accuracy_and_cost_per_model_and_budget():
-    grid = fr.isocost_grid(_points(disagreement_records()))
+    grid = scaling.isocost_grid(_points(disagreement_records()))
     assert grid.models == ("small", "big") and grid.gen_tokens == (2048, 4096, 8192)
     assert grid.params == (paper_params(SMALL), paper_params(BIG))
     np.testing.assert_array_equal(grid.accuracy, [[0, 0, 0.75], [1, 1, 1]])
     assert grid.eflops[0, 2] == pytest.approx(_cost(SMALL, 8192).eflops)
     assert grid.flops[1, 0] == pytest.approx(_cost(BIG, 2048).compute_flops)
-    bon = fr.isocost_grid(_points(agreement_records()))
+    bon = scaling.isocost_grid(_points(agreement_records()))
     assert bon.gen_tokens == (256, 512, 1024, 2048) and np.isnan(bon.accuracy[1, 0]) and np.isnan(bon.accuracy[0, 3])
 
 
 def test_dense_and_sparse_get_their_own_frontiers():
     points = _points(disagreement_records() + disagreement_records(SPARSE, small_only=True))
-    grid = fr.cost_grid(points, "eflops", 64)
-    by_policy = fr.policy_frontiers(points, "eflops", grid)
+    grid = scaling.cost_grid(points, "eflops", 64)
+    by_policy = scaling.policy_frontiers(points, "eflops", grid)
     assert list(by_policy) == ["dense", "block_topk-256"]
     assert by_policy["block_topk-256"].models == ("small",)
     sparse = [p for p in points if p.policy != "dense"]
     dense_small = [p for p in points if p.policy == "dense" and p.model == "small"]
-    cheaper = fr.budget_curve(sparse, "eflops").min_budget(0.75)
+    cheaper = scaling.budget_curve(sparse, "eflops").min_budget(0.75)
     assert cheaper == pytest.approx(_cost(SMALL, 8192, attention=SPARSE).eflops)
-    assert cheaper < 0.5 * fr.budget_curve(dense_small, "eflops").min_budget(0.75)
+    assert cheaper < 0.5 * scaling.budget_curve(dense_small, "eflops").min_budget(0.75)
 
-    analysis = fr.analyze(points, grid_points=32)  # the main frontier keeps the dense runs only
+    analysis = scaling.analyze(points, grid_points=32)  # the main frontier keeps the dense runs only
     assert analysis.num_configurations == 6 and analysis.num_queries == 4
     assert list(analysis.policies["flops"]) == ["dense", "block_topk-256"]
     assert analysis.ratio.max == pytest.approx(_cost(SMALL, 8192).eflops / _cost(BIG, 2048).eflops)
     assert set(analysis.fits["eflops"]) == {"small", "big"}
-    assert fr.analyze(points, grid_points=32, policy="all").num_configurations == 9
+    assert scaling.analyze(points, grid_points=32, policy="all").num_configurations == 9
     with pytest.raises(ValueError, match="topk-512"):
-        fr.analyze(points, policy="topk-512")
+        scaling.analyze(points, policy="topk-512")
 
 
 def test_queries_missing_from_a_run_are_left_out():

@@ -36,7 +36,7 @@ def test_generates_jsonl_records(tmp_path):
 
 def test_sparse_attention_flags(tmp_path):
     out = tmp_path / "sparse.jsonl"
-    result = _run("--prompt=Count to ten.", "--max_new_tokens=40", "--temperature=0", "--attention=block_topk",
-                  "--block_topk=1", "--attention_backend=pallas", f"--output={out}")
+    result = _run("--prompt=Count to ten.", "--max_new_tokens=40", "--temperature=0", "--attention=block_topk-16",
+                  "--attention_backend=pallas", f"--output={out}")
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == 1

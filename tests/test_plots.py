@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 
@@ -11,8 +10,9 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from kinetics_jax import AttentionConfig, Qwen3Config
+from kinetics_jax import Qwen3Config
 from kinetics_jax.scaling import analyze, group_runs, plots, run_points
+from kinetics_jax.policies import AttentionConfig, BlockTopK
 
 MODELS = {"qwen3-0.6b": 0.25, "qwen3-1.7b": 0.5, "qwen3-8b": 0.8}  # chance of a right answer on an easy problem
 BUDGETS = (1024, 2048, 4096)
@@ -25,7 +25,7 @@ def synthetic_records(problems: int = 6, samples: int = 4, seed: int = 0) -> lis
     more often and stop sooner; a trace is right at a budget if it is right and ended within it."""
     rng = np.random.default_rng(seed)
     records = []
-    policies = {"dense": AttentionConfig(), "sparse": AttentionConfig(kind="block_topk", block_topk=16)}
+    policies = {"dense": AttentionConfig(), "sparse": AttentionConfig(BlockTopK(block_topk=16))}
     for name, skill in MODELS.items():
         config = Qwen3Config.preset(name)
         for policy, attention in policies.items():
@@ -42,8 +42,7 @@ def synthetic_records(problems: int = 6, samples: int = 4, seed: int = 0) -> lis
                         "length": length, "finish_reason": "stop", "correct": right, "answer": None, "gold": "1",
                         "truncation": {str(b): right and length <= b for b in BUDGETS},
                         "config": {"strategy": "long_cot", "max_new_tokens": MAX_NEW_TOKENS,
-                                   "attention": {**dataclasses.asdict(attention),
-                                                 "dense_layers": list(attention.dense_layers)},
+                                   "attention": attention.to_fields(),
                                    "sampling": {"temperature": 0.6}, "seed": 0, "checkpoint": name}})
     return records
 

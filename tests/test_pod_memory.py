@@ -1,4 +1,4 @@
-"""distributed.memory_per_device and scripts/pod_memory.py: per-device parameter and KV-cache bytes, checked
+"""sharding.planning.memory_per_device and scripts/pod_memory.py: per-device parameter and KV-cache bytes, checked
 against arithmetic done by hand."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 import jax.numpy as jnp
 
 import kinetics_jax as kj
+from kinetics_jax.sharding import planning
 
 import pytest
 
@@ -18,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _memory(config, shape, **request):
-    return kj.distributed.memory_per_device(config, shape, attention=kj.AttentionConfig(), dtype=jnp.bfloat16,
-                                            **request)
+    return planning.memory_per_device(config, shape, attention=kj.AttentionConfig(), dtype=jnp.bfloat16,
+                                      **request)
 
 
 def test_qwen3_32b_on_eight_devices_matches_hand_arithmetic():
@@ -30,9 +31,9 @@ def test_qwen3_32b_on_eight_devices_matches_hand_arithmetic():
     pages = math.ceil((1 + 64 + 32 * 1984) / 64) * 64
     per_page = 16 * 2 * 64 * 8 * 128 * 2  # bf16 K and V (dense: no block summaries)
     assert row.kv_cache == pages * per_page // 8  # 8 KV heads over 8 devices
-    block = kj.distributed.memory_per_device(
+    block = planning.memory_per_device(
         config, (1, 8), prompt_lengths=[1024], max_new_tokens=31744, num_samples=32, dtype=jnp.bfloat16,
-        attention=kj.AttentionConfig(kind="block_topk", block_topk=64))  # sink 4: pages shifted by 12 slots
+        attention=kj.AttentionConfig(kj.policies.BlockTopK(block_topk=64)))  # sink 4: pages shifted by 12 slots
     pages = math.ceil((1 + (1024 + 12) // 16 + 32 * (math.ceil((12 + 32767) / 16) - 64)) / 64) * 64
     assert block.kv_cache == pages * (per_page + 64 * 8 * 128 * 2) // 8  # + one bf16 mean key per page and layer
     # Every matrix is split 8 ways (heads, mlp, vocab); only the RMSNorm scales are replicated.

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from kinetics_jax import outputs
-from kinetics_jax.eval import results
+from kinetics_jax.eval import records, results
 
 CONFIG = {"checkpoint": "/ckpt", "num_samples": 2, "attention": {"kind": "dense"}}
 
@@ -254,3 +254,13 @@ def test_a_second_process_cannot_write_the_file(tmp_path):
     with pytest.raises(ValueError, match="the store is closed"):
         store.append([_record("p0", 1)])
     assert sorted(os.listdir(tmp_path)) == ["e.jsonl"]  # no lock file left
+
+
+def test_truncation_rule_and_record_order():
+    # A trace that ended within the budget keeps its final grade; a longer one reads its entry, or is unknown.
+    assert records.correct_within(64, length=60, correct=True, truncation={64: False}) is True
+    assert records.correct_within(64, length=100, correct=True, truncation={64: False}) is False
+    assert records.correct_within(32, length=100, correct=True, truncation={64: False}) is None
+    record = records.make_record(**{k: v for k, v in _record("p0", 0).items() if k != "truncation"}, cost=None)
+    assert list(record) == [k for k in _record("p0", 0) if k != "truncation"]
+    assert records.record_problem({**record, "config": CONFIG}) is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -10,7 +9,8 @@ import sys
 
 import pytest
 
-from kinetics_jax import AttentionConfig, Qwen3Config
+from kinetics_jax import Qwen3Config
+from kinetics_jax.policies import AttentionConfig, BlockTopK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ("frontier.png", "optimal_model.png", "isocost.png", "policies.png", "fits.png", "frontier.csv",
@@ -21,7 +21,7 @@ def _records() -> list[dict]:
     """Qwen3-0.6B writes 8192-token traces, right on 3 of 4 problems; Qwen3-8B stops at 2048 and is always right.
     Long-CoT (dense, and block top-k 256 for the small model) and Best-of-N (4 samples) runs of both."""
     out = []
-    sparse = AttentionConfig(kind="block_topk", block_topk=16)
+    sparse = AttentionConfig(BlockTopK(block_topk=16))
     runs = [("qwen3-0.6b", "long_cot", AttentionConfig(), 1), ("qwen3-0.6b", "long_cot", sparse, 1),
             ("qwen3-8b", "long_cot", AttentionConfig(), 1), ("qwen3-0.6b", "best_of_n", AttentionConfig(), 4),
             ("qwen3-8b", "best_of_n", AttentionConfig(), 4)]
@@ -37,8 +37,7 @@ def _records() -> list[dict]:
                     "length": length, "finish_reason": "stop", "correct": right, "answer": "1", "gold": "1",
                     "truncation": {"2048": right and not small, "4096": right and not small},
                     "config": {"strategy": strategy, "max_new_tokens": 8192,
-                               "attention": {**dataclasses.asdict(attention),
-                                             "dense_layers": list(attention.dense_layers)},
+                               "attention": attention.to_fields(),
                                "sampling": {"temperature": 0.6}, "seed": 0, "checkpoint": name}})
     return out
 

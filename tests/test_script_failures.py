@@ -130,8 +130,8 @@ CASES = {
     "generate-max-new-tokens-0": Case("generate.py", ("--prompt=x", "--max_new_tokens=0"), "max_new_tokens"),
     "generate-block-topk-without-budget": Case("generate.py", ("--prompt=x", "--attention=block_topk"),
                                                "block_topk"),
-    "generate-topk-in-a-sliding-window": Case("generate.py", ("--prompt=x", "--attention=sliding_window",
-                                                              "--local=8", "--topk=3"), "topk"),
+    "generate-topk-in-a-sliding-window": Case("generate.py", ("--prompt=x",
+                                                              "--attention=sliding_window-8:topk=3"), "topk"),
     # evaluate.py
     "evaluate-num-samples-0": Case("evaluate.py", (*_EVAL[:2], "--num_samples=0"), "num_samples"),
     "evaluate-no-dataset": Case("evaluate.py", ("--output=runs/e.jsonl",), "give --dataset_path"),
@@ -163,7 +163,7 @@ CASES = {
     "convert-flags-missing": Case("convert_checkpoint.py", ("--output_dir=out",), "hf_dir"),
     # the others
     "cost-report-unknown-config": Case("cost_report.py", ("--config=qwen3-9b",), "qwen3-9b"),
-    "cost-report-budget-off-the-blocks": Case("cost_report.py", ("--budgets=100",), "block_size"),
+    "cost-report-budget-off-the-blocks": Case("cost_report.py", ("--budgets=100",), "16-token blocks"),
     "cost-report-block-topk-without-budget": Case("cost_report.py", ("--attention=block_topk",), "block_topk"),
     "compile-report-unknown-target": Case("compile_report.py", ("--target=tpu-v9",), "unknown target"),
     "compile-report-batch-not-a-multiple": Case("compile_report.py", ("--batch=6", "--num_samples=4"),

@@ -6,19 +6,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kinetics_jax.attention import AttentionConfig, keep_mask, selection
+from kinetics_jax.attention import selection
 from kinetics_jax.attention.dispatch import paged_from_contiguous
 from kinetics_jax.cache import KVCache
+from kinetics_jax.policies import AttentionConfig, BlockTopK, SlidingWindow, block_topk
 from pallas_kernels.paged_decode import PageList
 
 CONFIGS = [
-    AttentionConfig(block_size=8),
-    AttentionConfig(kind="sliding_window", sink=4, local=9, block_size=8),
-    AttentionConfig(kind="sliding_window", sink=11, local=20, block_size=4),
-    AttentionConfig(kind="block_topk", sink=4, local=0, block_size=8, block_topk=3),
-    AttentionConfig(kind="block_topk", sink=5, local=6, block_size=4, block_topk=4),
-    AttentionConfig(kind="block_topk", sink=0, local=3, block_size=16, block_topk=1),
-    AttentionConfig(kind="block_topk", sink=4, local=0, block_size=8, block_topk=2, score="quest"),
+    AttentionConfig(page_size=8),
+    AttentionConfig(SlidingWindow(sink=4, local=9), page_size=8),
+    AttentionConfig(SlidingWindow(sink=11, local=20), page_size=4),
+    AttentionConfig(BlockTopK(sink=4, local=0, block_size=8, block_topk=3)),
+    AttentionConfig(BlockTopK(sink=5, local=6, block_size=4, block_topk=4)),
+    AttentionConfig(BlockTopK(sink=0, local=3, block_size=16, block_topk=1)),
+    AttentionConfig(BlockTopK(sink=4, local=0, block_size=8, block_topk=2, score="quest")),
 ]
 
 
@@ -61,22 +62,23 @@ def test_page_lists_select_the_reference_tokens(config, hq, hkv):
     k = jnp.asarray(rng.normal(size=(b, t, hkv, d)), jnp.float32)
     lengths = jnp.asarray([75, 40, 13, 2], jnp.int32)
     cache, table = _shuffled(*paged_from_contiguous(k, k, lengths, config), seed=hq)
-    ps, offset = config.block_size, config.page_offset
-    if config.kind == "dense":
+    ps, offset = config.cache_page_size, config.page_offset
+    if config.policy.kind == "dense":
         pages = selection.dense_pages(table, lengths, ps, offset)
-    elif config.kind == "sliding_window":
-        pages = selection.sliding_window_pages(table, lengths, config)
+    elif config.policy.kind == "sliding_window":
+        sink, local = config.policy.sink, config.policy.local
+        pages = selection.ends_pages(table, lengths, sink, jnp.maximum(lengths - local, sink), local, ps)
     else:
-        pages = selection.block_topk_pages(q, cache, jnp.int32(0), table, lengths, config)
+        pages = block_topk.block_topk_pages(q, cache, jnp.int32(0), table, lengths, config.policy)
     got = _token_mask(pages, np.asarray(table), t, ps, offset)
-    expect = np.asarray(keep_mask(q, k, lengths, config))
+    expect = np.asarray(config.policy.keep_mask(q, k, lengths))
     np.testing.assert_array_equal(np.broadcast_to(got, expect.shape), expect)
     np.testing.assert_array_equal(np.asarray(pages.tokens(ps)), got.sum(-1))
     # the list is no wider than the policy needs: sink pages + chosen blocks + local pages
-    if config.kind == "block_topk":
-        width = -(-config.sink // ps) + config.block_topk + -(-(config.local + ps - 1) // ps)
+    if config.policy.kind == "block_topk":
+        width = -(-config.policy.sink // ps) + config.policy.block_topk + -(-(config.policy.local + ps - 1) // ps)
         assert pages.shape[-1] == width
-    if config.kind == "dense":  # one list for every KV head, straight from the page table: nothing of width built
+    if config.policy.kind == "dense":  # one list for every KV head, straight from the page table: nothing of width built
         assert pages.blocks is None and pages.shape == (b, 1, table.shape[1])
 
 
@@ -86,8 +88,8 @@ def test_scoring_in_chunks_and_shared_prompt_scoring_choose_what_the_reference_d
     whose first 100 blocks are the prompt's shared pages (scored from one read of their summaries)."""
     rng = np.random.default_rng(7)
     b, t, hq, hkv, d, ps = 4, 1300, 4, 2, 8, 4
-    config = AttentionConfig(kind="block_topk", sink=4, local=0, block_size=ps, block_topk=24, score=score)
-    assert (t - config.sink) // ps > 4 * selection.SCORE_CHUNK
+    config = AttentionConfig(BlockTopK(sink=4, local=0, block_size=ps, block_topk=24, score=score))
+    assert (t - config.policy.sink) // ps > 4 * block_topk.SCORE_CHUNK
     q = jnp.asarray(rng.normal(size=(b, hq, d)), jnp.float32)
     shared_k = rng.normal(size=(2, 1, 404, hkv, d))
     k = np.concatenate([np.repeat(shared_k, 2, axis=1).reshape(b, 404, hkv, d),
@@ -99,10 +101,10 @@ def test_scoring_in_chunks_and_shared_prompt_scoring_choose_what_the_reference_d
     table = np.array(table)
     table[1, :shared] = table[0, :shared]  # the samples of a prompt point at the same prompt pages
     table[3, :shared] = table[2, :shared]
-    pages = selection.block_topk_pages(q, cache, jnp.int32(0), jnp.asarray(table), lengths, config,
+    pages = block_topk.block_topk_pages(q, cache, jnp.int32(0), jnp.asarray(table), lengths, config.policy,
                                        num_samples=2, shared_pages=jnp.asarray([shared, shared], jnp.int32))
     got = _token_mask(pages, table, t, ps, config.page_offset)
-    np.testing.assert_array_equal(got, np.asarray(keep_mask(q, k, lengths, config)))
+    np.testing.assert_array_equal(got, np.asarray(config.policy.keep_mask(q, k, lengths)))
 
 
 def test_quest_score_identity_equals_the_channel_max():
@@ -110,11 +112,11 @@ def test_quest_score_identity_equals_the_channel_max():
     rng = np.random.default_rng(1)
     q = rng.normal(size=(2, 4, 8)).astype(np.float32)
     k = rng.normal(size=(2, 32, 2, 8)).astype(np.float32)
-    config = AttentionConfig(kind="block_topk", sink=0, block_size=8, block_topk=1, score="quest")
+    config = AttentionConfig(BlockTopK(sink=0, block_size=8, block_topk=1, score="quest"))
     cache, table = paged_from_contiguous(jnp.asarray(k), jnp.asarray(k), jnp.asarray([32, 32]), config)
-    qbar, qabs = selection.group_means(jnp.asarray(q), 2, quest=True)
+    qbar, qabs = block_topk.group_means(jnp.asarray(q), 2, quest=True)
     width = table.shape[1]
-    got = np.asarray(selection.block_scores(qbar[:, None], qabs[:, None], cache, jnp.int32(0), table, 0,
+    got = np.asarray(block_topk.block_scores(qbar[:, None], qabs[:, None], cache, jnp.int32(0), table, 0,
                                             jnp.zeros(2, jnp.int32), jnp.full(2, width, jnp.int32), width)[:, 0])
     blocks = k.reshape(2, 4, 8, 2, 8)
     lo, hi = blocks.min(2), blocks.max(2)  # [B, J, Hkv, D]

@@ -1,4 +1,4 @@
-"""The main job (scripts/study.py, kinetics_jax/tiny/study.py): policies, records, resuming, the summary table
+"""The main job (scripts/study.py, kinetics_jax.study): policies, records, resuming, the summary table
 checked against an independent count, and the script end to end at a reduced size on a shipped checkpoint."""
 
 from __future__ import annotations
@@ -16,28 +16,20 @@ import pytest
 import kinetics_jax as kj
 from kinetics_jax import scaling
 from kinetics_jax.eval import results
-from kinetics_jax.tiny import study, task, train
+from kinetics_jax import study
+from kinetics_jax.policies import AttentionConfig
+from kinetics_jax.study import runner, summary
+from kinetics_jax.tiny import task, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "study.py")
 
 
-@pytest.mark.parametrize("label", ["dense", "block_topk-32", "block_topk-64", "topk-48", "sliding_window-64"])
-def test_policy_labels_round_trip(label):
-    assert scaling.policy_label(study.parse_policy(label)) == label
-
-
-@pytest.mark.parametrize("label", ["sparse", "block_topk-20", "block_topk-", "topk-0", "dense-16"])
-def test_bad_policy_labels_are_refused(label):
-    with pytest.raises(ValueError, match="policy"):
-        study.parse_policy(label)
-
-
 def test_majority_vote_of_answers():
-    assert study._majority(["v1 v2", "v1 v2", "v3 v4"], "v1 v2") == 1.0
-    assert study._majority(["v1 v2", "v3 v4"], "v1 v2") == 0.5  # a tie shares the credit
-    assert study._majority([None, None, "v3 v4"], "v1 v2") == 0.0
-    assert study._majority([None], "v1 v2") == 0.0
+    assert summary._majority(["v1 v2", "v1 v2", "v3 v4"], "v1 v2") == 1.0
+    assert summary._majority(["v1 v2", "v3 v4"], "v1 v2") == 0.5  # a tie shares the credit
+    assert summary._majority([None, None, "v3 v4"], "v1 v2") == 0.0
+    assert summary._majority([None], "v1 v2") == 0.0
 
 
 def test_chase_task_prompts_and_grading():
@@ -66,7 +58,7 @@ def test_run_config_records_both_strategies_and_resumes(random_chase_model, tmp_
     tokenizer = kj.Tokenizer.from_dir(random_chase_model)
     chase = study.ChaseTask(truncation_budgets=(8, 16))
     settings = study.Settings(problems=3, num_samples=2, problems_per_batch=2)
-    attention = study.parse_policy("block_topk-32")
+    attention = AttentionConfig.parse("block_topk-32")
     out = str(tmp_path)
     study.run_config(model, tokenizer, "rand-s", chase, attention, settings, out)
     for strategy in scaling.STRATEGIES:
@@ -75,8 +67,9 @@ def test_run_config_records_both_strategies_and_resumes(random_chase_model, tmp_
         for r in records:
             assert r["length"] == len(r["token_ids"]) >= 1
             assert set(r["truncation"]) == {str(b) for b in (8, 16) if b < r["length"]}
+            assert r["cost"]["hardware"] == "B200" and r["cost"]["eflops"] > r["cost"]["compute_flops"] > 0
     # A second call finds every problem done and decodes nothing.
-    monkeypatch.setattr(study, "generate", lambda *a, **k: pytest.fail("resumed study decoded again"))
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("resumed study decoded again"))
     study.run_config(model, tokenizer, "rand-s", chase, attention, settings, out)
     # Different settings on the same files are refused rather than mixed.
     with pytest.raises(ValueError, match="another run configuration"):
@@ -112,6 +105,9 @@ def test_summary_rows_match_a_hand_count():
     # At 64 and 112 tokens only the 60-token sample (correct) counts: 1 of 8 samples.
     assert row.truncation == {64: pytest.approx(1 / 8), 112: pytest.approx(1 / 8), 128: pytest.approx(2 / 8)}
     assert row.cost_at[1]["flops"] < row.cost_at[2]["flops"] < row.cost_at[4]["flops"] == row.flops
+    rows_in[1]["truncation"] = {}  # a 120-token sample that does not say how it reads cut at 64: refused
+    with pytest.raises(ValueError, match="budget 64"):
+        study.summary_rows(rows_in, "B200")
 
 
 def _study(tmp_path, *flags: str) -> subprocess.CompletedProcess:
@@ -132,6 +128,6 @@ def test_study_script_end_to_end_on_a_shipped_model(tmp_path):
     assert len(records) == 2 * 2 * 4 * 2  # policies x strategies x problems x samples
     for row in rows:  # the table's pass@1 is the fraction of correct records of its Best-of-N run
         mine = [r["correct"] for r in records if r["config"]["strategy"] == "best_of_n"
-                and scaling.policy_label(scaling.attention_config(r["config"]["attention"])) == row["policy"]]
+                and AttentionConfig.from_fields(r["config"]["attention"]).policy.label() == row["policy"]]
         assert row["pass_at"]["1"] == pytest.approx(np.mean(mine))
     assert "| tiny-s | 0.11M | dense |" in done.stdout

@@ -1,8 +1,8 @@
-"""Decode attention: policies (which KV tokens a step reads), their pure-JAX specification, the page lists the
-kernels read, and the dispatch between the XLA reference and the Pallas kernels."""
+"""Decode attention as the engine runs it: the generic page lists the kernels read (`selection`), the dispatch
+between dense, cascade and a policy's sparse step (`dispatch`), and the attention over a keep mask that the
+policies' specifications use (`reference`). The policies themselves live in kinetics_jax.policies."""
 
 from kinetics_jax.attention.dispatch import decode_attention, sparse_decode
-from kinetics_jax.attention.policies import AttentionConfig
-from kinetics_jax.attention.reference import keep_mask, reference_decode
+from kinetics_jax.attention.reference import reference_decode
 
-__all__ = ["AttentionConfig", "decode_attention", "keep_mask", "reference_decode", "sparse_decode"]
+__all__ = ["decode_attention", "reference_decode", "sparse_decode"]

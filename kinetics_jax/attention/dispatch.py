@@ -1,15 +1,14 @@
 """Decode attention as the engine runs it: a policy's page list, read by the XLA implementation or a Pallas kernel.
 
-    out, attended = decode_attention(q, cache, layer, page_table, lengths, config, page_offset=...)
+    out, attended = decode_attention(q, cache, layer, page_table, lengths, config)
 
 - dense layers (kind "dense", and the layers in config.dense_layers) read every page; with N > 1 samples per
   prompt they use the shared-prefix (cascade) form: the N samples' queries read the shared prompt pages
   together, once per step, and their own pages separately; the two partial softmaxes are merged by log-sum-exp.
-- block_topk and sliding_window build a `PageList` in XLA (selection.py) and read only those pages. While every
-  sequence is below the policy's activation threshold the step is dense: nothing is scored, and the cascade
-  reads shared prompt pages once.
-- topk is the oracle: it scores every cached key (in chunks, a running top-k), then attends the sink, the chosen
-  tokens and the local window; it runs in XLA.
+- a sparse policy's step is its own `Policy.decode` (kinetics_jax.policies), given a `LayerStep`: block top-k and
+  the sliding window build a `PageList` in XLA and read only those pages, the oracle top-k scores every key.
+  While every sequence is below the policy's activation threshold the step is dense (for the policies that
+  say so, `skip_when_inactive`): nothing is scored, and the cascade reads shared prompt pages once.
 
 Every path's work follows the cached lengths: the kernels and the XLA implementation loop over the entries read
 with run-time trip counts, so a page table wider than the sequences costs nothing. `sparse_decode` is the same
@@ -25,15 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from kinetics_jax.attention import selection
-from kinetics_jax.attention.policies import AttentionConfig
 from kinetics_jax.cache import KVCache, page_summaries
+from kinetics_jax.policies import AttentionConfig
 from pallas_kernels.paged_decode import PageList
 from pallas_kernels.paged_decode import ops as kernels
 
 # Programs the Pallas grid should offer a GPU (about two per SM of an H100/H200), when splitting the page list.
 _TARGET_PROGRAMS = 256
 _MIN_PAGES_PER_SPLIT = 8
-ORACLE_CHUNK = 512  # tokens the oracle scores per loop iteration
 
 
 def _implementation(config: AttentionConfig) -> str | None:
@@ -94,89 +92,50 @@ def _cascade(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Arr
     return out.reshape(b, hq, d).astype(q.dtype)
 
 
-def _token_kv(pool: jax.Array, layer: jax.Array, page_table: jax.Array, tokens: jax.Array) -> jax.Array:
-    """pool [L, Hkv, P, ps, D] at tokens int32[B, Hkv, T] of each row's sequence (page_offset 0) -> [B, Hkv, T, D]."""
-    ps, width = pool.shape[3], page_table.shape[1]
-    pages = jnp.take_along_axis(page_table[:, None, :], jnp.clip(tokens // ps, 0, width - 1), axis=-1)
-    heads = jnp.arange(pool.shape[1])[None, :, None]
-    return pool[layer, heads, pages, tokens % ps]
+@dataclasses.dataclass(frozen=True)
+class LayerStep:
+    """What a policy's sparse step (`Policy.decode`) reads for one layer: the cache (pools [L, Hkv, P, ps, D],
+    the current token appended), layer (int32 scalar), page_table int32[B, M], lengths int32[B] (cached tokens,
+    the current one included), num_samples / shared_pages int32[P] (B = P x num_samples rows whose first
+    shared_pages[p] entries are the prompt's; None: nothing shared), head_mean (completes group means when a KV
+    head's query group is split over devices), and `read`, which attends a page list with the config's kernel."""
 
+    cache: KVCache
+    layer: jax.Array
+    page_table: jax.Array
+    lengths: jax.Array
+    num_samples: int
+    shared_pages: jax.Array | None
+    head_mean: selection.HeadMean | None
+    config: AttentionConfig
+    platform: str
 
-def _oracle_topk(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
-                 config: AttentionConfig) -> tuple[jax.Array, jax.Array]:
-    """The oracle reads every cached key of the middle [sink, n - local) in chunks of ORACLE_CHUNK tokens (a
-    running top-k of group-mean logits, as many iterations as the longest middle needs), then attends the sink,
-    the chosen tokens and the local window. Below its threshold (n <= budget) the top-k holds the whole middle,
-    so the step is dense."""
-    b, hq, d = q.shape
-    hkv = cache.k.shape[1]
-    n = lengths.astype(jnp.int32)
-    mid_lo, mid_hi = config.sink, jnp.maximum(n - config.local, config.sink)
-    qg = q.reshape(b, hkv, hq // hkv, d)
-    step = jnp.arange(ORACLE_CHUNK, dtype=jnp.int32)
+    @property
+    def page_size(self) -> int:
+        return self.cache.page_size
 
-    def body(i, state):
-        values, best = state
-        tokens = jnp.broadcast_to((mid_lo + i * ORACLE_CHUNK + step)[None, None, :], (b, hkv, ORACLE_CHUNK))
-        keys = _token_kv(cache.k, layer, page_table, tokens)                                  # [B, Hkv, C, D]
-        logits = jnp.mean(jnp.einsum("bkgd,bkcd->bkgc", qg, keys, preferred_element_type=jnp.float32), axis=2)
-        logits = jnp.where(tokens < mid_hi[:, None, None], logits, -jnp.inf)
-        values, top = jax.lax.top_k(jnp.concatenate([values, logits], axis=-1), config.topk)
-        return values, jnp.take_along_axis(jnp.concatenate([best, tokens], axis=-1), top, axis=-1)
-
-    state = (jnp.full((b, hkv, config.topk), -jnp.inf, jnp.float32), jnp.zeros((b, hkv, config.topk), jnp.int32))
-    trips = -(-jnp.max(mid_hi - mid_lo) // ORACLE_CHUNK)
-    values, chosen = jax.lax.fori_loop(0, trips, body, state)
-    picked = values > -jnp.inf
-    # The chosen tokens: gathered one by one, one partial softmax.
-    scores = jnp.einsum("bkgd,bktd->bkgt", qg, _token_kv(cache.k, layer, page_table, chosen),
-                        preferred_element_type=jnp.float32) * d ** -0.5
-    scores = jnp.where(picked[:, :, None, :], scores, -jnp.inf)
-    m = jnp.max(scores, axis=-1)
-    m_safe = jnp.where(m == -jnp.inf, 0.0, m)
-    p = jnp.exp(scores - m_safe[..., None])
-    l = jnp.sum(p, axis=-1)
-    values_v = jnp.where(picked[..., None], _token_kv(cache.v, layer, page_table, chosen), 0)
-    o_top = jnp.einsum("bkgt,bktd->bkgd", p.astype(values_v.dtype), values_v, preferred_element_type=jnp.float32)
-    o_top = o_top / jnp.where(l > 0, l, 1.0)[..., None]
-    lse_top = jnp.where(l > 0, m_safe + jnp.log(l), -jnp.inf)
-    # The sink and the local window: a page list, as sliding_window reads them.
-    ends = selection.ends_pages(page_table, n, config.sink, mid_hi, config.local, cache.page_size)
-    o_ends, lse_ends = kernels.paged_decode_partials(qg, cache.k, cache.v, layer, ends, num_splits=1,
-                                                     implementation="xla")
-    out, _ = kernels.merge_partials(jnp.concatenate([o_ends, o_top[:, :, None]], axis=2),
-                                    jnp.concatenate([lse_ends, lse_top[:, :, None]], axis=2), axis=2)
-    attended = jnp.minimum(n, config.sink) + (n - mid_hi) + jnp.sum(picked[:, 0], axis=-1, dtype=jnp.int32)
-    return out.reshape(b, hq, d).astype(q.dtype), attended
-
-
-def _inactive(lengths: jax.Array, config: AttentionConfig) -> jax.Array:
-    """bool[B]: the policy attends every cached token (it is below its activation threshold)."""
-    if config.kind == "block_topk":
-        return selection.full_blocks(lengths, config) <= config.block_topk
-    return lengths <= config.budget
+    def read(self, q: jax.Array, pages: PageList) -> jax.Array:
+        """q [B, Hq, D] attends the listed pages -> [B, Hq, D]."""
+        return _read(q, self.cache, self.layer, pages, self.config, self.platform)
 
 
 def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
-                     config: AttentionConfig, *, page_offset: int, num_samples: int = 1,
+                     config: AttentionConfig, *, num_samples: int = 1,
                      shared_pages: jax.Array | None = None, head_mean: selection.HeadMean | None = None,
                      platform: str | None = None) -> tuple[jax.Array, jax.Array]:
     """One decode step of one layer for B sequences.
 
     q [B, Hq, D] (rotated); cache: pools [L, Hkv, P, ps, D] (the current token already appended); layer: int32
-    scalar; page_table int32[B, M]; lengths int32[B] (cached tokens, the current one included); page_offset:
-    the cache's empty leading slots (config.page_offset of the cache's policy); num_samples, shared_pages
+    scalar; page_table int32[B, M]; lengths int32[B] (cached tokens, the current one included; the cache's
+    pages are laid out with config.cache_page_size and config.page_offset); num_samples, shared_pages
     int32[P]: B = P x num_samples sequences whose first shared_pages[p] entries are shared (enables the
     cascade and the shared scoring of block top-k; None: nothing shared); head_mean: when the query heads of a
-    KV head are split over devices, the function that completes group means (distributed.kv_head_mean; block
+    KV head are split over devices, the function that completes group means (sharding.meshes.kv_head_mean; block
     selection uses it); platform: the compilation target ("gpu", "tpu", "cpu"; default: jax's default backend),
     which sets the kernel's split count. Returns (out [B, Hq, D], KV tokens attended int32[B]).
     """
-    if head_mean is not None and config.kind == "topk":
-        raise ValueError("the oracle topk scores every key with the whole query group; it needs a 'model' mesh "
-                         "axis that divides the KV heads")
     platform = platform or jax.default_backend()
-    ps = cache.page_size
+    ps, page_offset, policy = cache.page_size, config.page_offset, config.policy
 
     def dense(q):
         if num_samples > 1 and shared_pages is not None:
@@ -187,28 +146,24 @@ def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
                         platform)
         return out, lengths.astype(jnp.int32)
 
-    def sparse(q):
-        if config.kind == "topk":
-            return _oracle_topk(q, cache, layer, page_table, lengths, config)
-        if config.kind == "sliding_window":
-            pages = selection.sliding_window_pages(page_table, lengths, config)
-        else:
-            pages = selection.block_topk_pages(q, cache, layer, page_table, lengths, config, head_mean,
-                                               num_samples, shared_pages)
-        return _read(q, cache, layer, pages, config, platform), pages.tokens(ps)[:, 0]
+    step = LayerStep(cache, layer, page_table, lengths, num_samples, shared_pages, head_mean, config, platform)
 
-    def policy(q):
-        if config.kind == "topk":
+    def sparse(q):
+        return policy.decode(q, step)
+
+    def policy_step(q):
+        if not policy.skip_when_inactive:
             return sparse(q)
         # Below its threshold a policy is dense: while no sequence is past it, skip the selection (no block is
         # scored) and read densely, through the cascade when samples share prompt pages.
-        return _cond(lengths, lambda n: _inactive(n, config).all(), dense, sparse, q)
+        return _cond(lengths, lambda n: ~policy.active(n, jnp if isinstance(n, jax.Array) else np).any(),
+                     dense, sparse, q)
 
-    if not config.sparse:
+    if not policy.sparse:
         return dense(q)
     if not config.dense_layers:
-        return policy(q)
-    return _cond(layer, lambda i: (i == np.asarray(config.dense_layers)).any(), dense, policy, q)
+        return policy_step(q)
+    return _cond(layer, lambda i: (i == np.asarray(config.dense_layers)).any(), dense, policy_step, q)
 
 
 def _cond(value, predicate, true_fn, false_fn, *operands):
@@ -221,19 +176,18 @@ def _cond(value, predicate, true_fn, false_fn, *operands):
     return jax.lax.cond(predicate(value), true_fn, false_fn, *operands)
 
 
-def sparse_decode(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, config: AttentionConfig,
-                  backend: str | None = None) -> jax.Array:
+def sparse_decode(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, config: AttentionConfig
+                  ) -> jax.Array:
     """One decode step of `config`'s policy over contiguous KV, through the engine's selection and kernels.
 
     q [B, Hq, D] (rotated), k, v [B, T, Hkv, D], lengths int32[B] (tokens 0 .. length-1 are attended, the others
-    ignored); backend "xla" | "pallas" overrides config.backend (on CPU the kernels run in interpret mode).
+    ignored); config.backend "pallas" runs the kernels (in interpret mode on CPU).
     The K/V are first laid out as a one-layer paged cache with its page summaries (a copy: this form is for
     convenience and tests; the engine's cache is paged from the start). Returns [B, Hq, D] in q's dtype.
     """
-    config = dataclasses.replace(config, backend=backend or config.backend, dense_layers=())  # one layer
+    config = dataclasses.replace(config, dense_layers=())  # one layer
     cache, table = paged_from_contiguous(k, v, lengths, config)
-    out, _ = decode_attention(q, cache, jnp.int32(0), table, lengths.astype(jnp.int32), config,
-                              page_offset=config.page_offset)
+    out, _ = decode_attention(q, cache, jnp.int32(0), table, lengths.astype(jnp.int32), config)
     return out
 
 
@@ -243,7 +197,7 @@ def paged_from_contiguous(k: jax.Array, v: jax.Array, lengths: jax.Array, config
     full pages included (tokens at or past lengths[b] are dropped). Returns (cache, page_table int32[B, M]):
     sequence b owns pages 1 + b * M .. b * M + M (page 0 is the null page)."""
     b, t, hkv, d = k.shape
-    ps, offset = config.block_size, config.page_offset
+    ps, offset = config.cache_page_size, config.page_offset
     width = -(-(offset + t) // ps)
     pad = ((0, 0), (offset, width * ps - offset - t))
     slot_valid = jnp.pad(jnp.arange(t)[None, :] < lengths[:, None], pad)  # [B, M * ps] in virtual order

@@ -342,7 +342,7 @@ def load_hf_checkpoint(hf_dir: str | os.PathLike, *, dtype: DType, param_dtype: 
 
     Tensors are read one at a time (positioned reads, no memory map) and placed leaf by leaf: peak host memory is
     the model plus one stacked parameter. `dtype` is the compute dtype; `param_dtype` the storage dtype (default:
-    `dtype`). `mesh`: place the parameters on it by kinetics_jax.distributed.RULES (default: this process's first
+    `dtype`). `mesh`: place the parameters on it by kinetics_jax.sharding.axes.RULES (default: this process's first
     device).
     Raises CheckpointError naming the file or tensor on any malformed input, and ValueError for a dtype not in
     DTYPES (before anything is read).

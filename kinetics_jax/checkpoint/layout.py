@@ -22,10 +22,10 @@ from flax import nnx
 
 from jax.sharding import Mesh
 
-from kinetics_jax import distributed
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.model.layers import DType
+from kinetics_jax.sharding import meshes, placement
 
 # read(keys, target, stacked) -> the array for one model leaf, with target's shape, dtype and sharding. With
 # stacked=True,
@@ -71,11 +71,11 @@ def assemble(config: Qwen3Config, read: ReadFn, *, dtype: DType, param_dtype: DT
              ) -> Qwen3ForCausalLM:
     """Builds the model leaf by leaf from `read`, never holding more than the model plus one leaf's inputs.
 
-    Each leaf is placed on `mesh` by kinetics_jax.distributed.RULES (default: this process's first device)."""
+    Each leaf is placed on `mesh` by kinetics_jax.sharding.axes.RULES (default: this process's first device)."""
     model = abstract_model(config, dtype=dtype, param_dtype=param_dtype)
     if mesh is not None:
-        distributed.check_mesh(config, mesh)
-        shardings = distributed.param_shardings(model, mesh)
+        meshes.check_mesh(config, mesh)
+        shardings = placement.param_shardings(model, mesh)
     graphdef, state = nnx.split(model)
     flat = nnx.to_flat_state(state)
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

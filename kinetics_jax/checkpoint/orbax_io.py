@@ -323,7 +323,7 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, *, dtype: DType, param_dtype: D
 
     Each model leaf is restored from its per-layer arrays (cast to `param_dtype`, default `dtype`) and stacked,
     so peak memory is the model plus one leaf. With a `mesh` every array is restored straight into its sharding
-    under kinetics_jax.distributed.RULES: each process reads only the shards its devices hold, and no process
+    under kinetics_jax.sharding.axes.RULES: each process reads only the shards its devices hold, and no process
     ever holds a whole parameter on the host. Both dtypes must be in DTYPES (ValueError otherwise). A missing,
     damaged or mismatched checkpoint raises CheckpointError, one line naming the checkpoint and the array; a bad
     config.json, ValueError naming the file and field.

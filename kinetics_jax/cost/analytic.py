@@ -1,4 +1,4 @@
-"""Analytic cost of test-time scaling: FLOPs, HBM bytes and eFLOPs (Kinetics, arXiv 2506.05333, §2 of KINETICS.md).
+"""Analytic cost of test-time scaling: FLOPs, HBM bytes and eFLOPs (Kinetics, arXiv 2506.05333; docs/cost_model.md).
 
 Symbols: P parameters in the paper's convention (`paper_params`: active parameters, with a tied embedding
 counted twice, once as the input embedding and once as the output projection), L layers, Hq / Hkv query / KV
@@ -8,7 +8,7 @@ I = peak FLOP/s / HBM bytes/s of the hardware (FLOP per byte).
 Steps. A sample that generates Lo tokens does Lo generation steps j = 1 .. Lo; step j attends a context of
 n_j = Li + j - 1 tokens. Step j = 1 is the last prompt position of the prefill: dense in every layer. Steps
 j >= 2 are the engine's decode steps (decode step s = j - 2): the attention policy applies to the sparse layers,
-those not in `attention.dense_layers` (with kind "dense" every layer is dense). The rest of the prefill, prompt
+those not in `attention.dense_layers` (with the dense policy every layer is dense). The rest of the prefill, prompt
 positions 0 .. Li - 2, is not priced: like the paper, this prices decoding only.
 
 KV tokens one layer attends at a step with context n (`attended_tokens`):
@@ -59,14 +59,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-from kinetics_jax.attention import AttentionConfig
 from kinetics_jax.config import Qwen3Config
-from kinetics_jax.sampling.engine import GenerationResult
+from kinetics_jax.policies import AttentionConfig
+
+if TYPE_CHECKING:
+    from kinetics_jax.sampling.engine import GenerationResult
 
 
 # ------------------------------------------------------------------------------------------------ hardware
@@ -108,7 +110,7 @@ HARDWARE: dict[str, Hardware] = {h.name: h for h in (
 )}
 
 
-def hardware(spec: str | Hardware) -> Hardware:
+def resolve_hardware(spec: str | Hardware) -> Hardware:
     """A `Hardware` as given, or the `HARDWARE` entry of that name (case-insensitive)."""
     if isinstance(spec, Hardware):
         return spec
@@ -116,9 +118,6 @@ def hardware(spec: str | Hardware) -> Hardware:
     if isinstance(spec, str) and spec.lower() in by_name:
         return by_name[spec.lower()]
     raise ValueError(f"unknown hardware {spec!r}; known: {', '.join(HARDWARE)} (or pass a Hardware)")
-
-
-_resolve = hardware  # the public functions' `hardware` argument shadows the function
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -183,38 +182,28 @@ def paper_params(config: Qwen3Config) -> int:
 
 def _dense_layer_count(config: Qwen3Config, attention: AttentionConfig) -> int:
     """Layers that stay dense at decode steps."""
-    return config.num_hidden_layers if attention.kind == "dense" else len(attention.dense_layers)
+    return int(attention.dense_layer_mask(config.num_hidden_layers).sum())
 
 
 def attended_tokens(n: np.ndarray, attention: AttentionConfig) -> np.ndarray:
     """KV tokens one sparse layer attends at a decode step with context n (int64 array), per the policy."""
-    n = np.asarray(n, np.int64)
-    if attention.kind == "dense":
-        return n
-    if attention.kind == "block_topk":
-        return n - np.maximum(full_blocks(n, attention) - attention.block_topk, 0) * attention.block_size
-    return np.minimum(n, attention.budget)  # topk, sliding_window
+    return attention.policy.attended(np.asarray(n, np.int64))
 
 
 def full_blocks(n: np.ndarray, attention: AttentionConfig) -> np.ndarray:
-    """Candidate (full) blocks a block_topk layer scores at context n; 0 for the other kinds."""
-    n = np.asarray(n, np.int64)
-    if attention.kind != "block_topk":
-        return np.zeros_like(n)
-    return np.maximum(n - attention.local - attention.sink, 0) // attention.block_size
+    """Candidate blocks a sparse layer scores at context n once its policy is active (0 for policies that score
+    no blocks)."""
+    return attention.policy.candidate_blocks(np.asarray(n, np.int64))
 
 
 def _prompt_blocks(prompt_len: int, attention: AttentionConfig) -> int:
-    """Full pages of a prompt past the sink pages: the block top-k candidates its samples share."""
-    if attention.kind != "block_topk":
-        return 0
-    sink_pages = -(-attention.sink // attention.block_size)
-    return max((prompt_len + attention.page_offset) // attention.block_size - sink_pages, 0)
+    """Candidate blocks that are the prompt's own full pages: scored from one read for all its samples."""
+    return attention.policy.prompt_blocks(prompt_len, attention.cache_page_size)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Counts:
-    """Integer counts of a job. Each cost term is one of them times a per-token constant (`_price`)."""
+    """Integer counts of a job. Each cost term is one of them times a per-token constant (`_breakdown`)."""
 
     generated: int    # generated tokens (2P FLOPs each)
     attended: int     # KV tokens attended, summed over layers, steps and samples (4 Hq d FLOPs each)
@@ -240,7 +229,7 @@ class _StepSums:
         dense = np.where(j == 1, layers, _dense_layer_count(config, attention))  # dense layers at step j
         sparse = layers - dense
         attended = attended_tokens(n, attention)
-        below = attended == n  # the policy is not active yet: the step is dense, prompt shared (cascade)
+        below = ~attention.policy.active(n)  # not active yet: the step is dense, prompt shared (cascade)
         sparse_tokens = sparse * attended
         shared = dense + sparse * below  # layers that read the prompt once for all samples
 
@@ -272,19 +261,19 @@ class _StepSums:
                        steps=steps)
 
 
-def _price(counts: _Counts, config: Qwen3Config, attention: AttentionConfig, hw: Hardware, dtype: DTypeLike,
+def _breakdown(counts: _Counts, config: Qwen3Config, attention: AttentionConfig, hw: Hardware, dtype: DTypeLike,
            param_bytes: bool, divisor: int = 1) -> CostBreakdown:
     """Costs of `counts` divided by `divisor` (a mean over that many jobs; Python int / int rounds once)."""
     itemsize = np.dtype(dtype).itemsize
     params = paper_params(config)
     hkv_d = config.num_key_value_heads * config.head_dim
-    quest = attention.score == "quest"
+    policy = attention.policy
     terms = dict(
         param_flops=2 * params * counts.generated,
         attention_flops=4 * config.num_attention_heads * config.head_dim * counts.attended,
-        scoring_flops=(4 if quest else 2) * hkv_d * counts.blocks,
+        scoring_flops=policy.scoring_flops * hkv_d * counts.blocks,
         kv_bytes=2 * hkv_d * itemsize * (counts.dense_read + counts.sparse_read),
-        summary_bytes=(2 if quest else 1) * hkv_d * itemsize * counts.summaries,
+        summary_bytes=len(policy.summaries) * hkv_d * itemsize * counts.summaries,
         param_bytes=params * itemsize * counts.steps if param_bytes else 0,
     )
     return CostBreakdown(**{k: v / divisor for k, v in terms.items()}, hardware=hw.name, intensity=hw.intensity,
@@ -317,11 +306,11 @@ def tts_cost(config: Qwen3Config, *, prompt_len: int, gen_lens: int | Sequence[i
         if len(lengths) != num_samples:
             raise ValueError(f"gen_lens has {len(lengths)} lengths but num_samples is {num_samples}")
     attention.check_layers(config.num_hidden_layers)
-    hw = _resolve(hardware)
+    hw = resolve_hardware(hardware)
     sums = _StepSums(config, attention, prompt_len, max(lengths))
     total = functools.reduce(operator.add, (sums.counts(np.full(num_samples, length, np.int64))
                                             for length in lengths))
-    return _price(total, config, attention, hw, dtype, param_bytes, divisor=len(lengths))
+    return _breakdown(total, config, attention, hw, dtype, param_bytes, divisor=len(lengths))
 
 
 def phi(config: Qwen3Config, *, prompt_len: int, gen_len: int | Sequence[int], num_samples: int = 1,
@@ -350,24 +339,23 @@ def paper_dense_eflops(config: Qwen3Config, *, prompt_len: int, gen_len: int, nu
     d = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
     compute = 2 * n * paper_params(config) * lo + 2 * r * n * li * d * lo + r * n * d * lo ** 2
     memory = 2 * li * d * lo + n * d * lo ** 2
-    return compute + _resolve(hardware).intensity * memory
+    return compute + resolve_hardware(hardware).intensity * memory
 
 
-def from_counters(result: GenerationResult, config: Qwen3Config, *, attention: AttentionConfig = AttentionConfig(),
-                  hardware: str | Hardware = "B200", dtype: DTypeLike = "bfloat16",
-                  param_bytes: bool = False) -> CostBreakdown:
+def from_counters(result: GenerationResult, config: Qwen3Config, *, hardware: str | Hardware = "B200",
+                  dtype: DTypeLike = "bfloat16", param_bytes: bool = False) -> CostBreakdown:
     """Cost of a real `generate` run: the TOTAL over all its prompts and samples (not a mean).
 
-    `attention` must be the policy the run used: it says which layers are dense. Attention FLOPs and sparse-layer
-    KV bytes come from the measured `result.attended_tokens` (plus the dense first step, Li per layer and sample);
-    parameter FLOPs, dense-layer KV bytes (the prompt read once per step while any sample of the prompt runs),
-    block scoring and summaries, and weight reads (once per step per prompt's batch, as in `tts_cost`) come from
-    `result.lengths` and `result.prompt_lengths`. The dense-layer measurements are checked against the lengths,
-    and the sparse ones against the context, so a result and a policy that do not belong together are refused.
-    With equal lengths L this equals the sum over prompts of tts_cost(prompt_len=Li, gen_lens=L, num_samples=N).
+    The policy is the run's own (`result.attention`: it says which layers are dense). Attention FLOPs and
+    sparse-layer KV bytes come from the measured `result.attended_tokens` (plus the dense first step, Li per
+    layer and sample); parameter FLOPs, dense-layer KV bytes (the prompt read once per step while any sample of
+    the prompt runs), block scoring and summaries, and weight reads (once per step per prompt's batch, as in
+    `tts_cost`) come from `result.lengths` and `result.prompt_lengths`. With equal lengths L this equals the sum
+    over prompts of tts_cost(prompt_len=Li, gen_lens=L, num_samples=N).
     """
+    attention = result.attention
     attention.check_layers(config.num_hidden_layers)
-    hw = _resolve(hardware)
+    hw = resolve_hardware(hardware)
     lengths = np.asarray(result.lengths, np.int64)
     prompt_lengths = np.asarray(result.prompt_lengths, np.int64)
     measured = np.asarray(result.attended_tokens, np.int64)
@@ -377,13 +365,12 @@ def from_counters(result: GenerationResult, config: Qwen3Config, *, attention: A
         _StepSums(config, attention, prompt_len, int(sample_lengths.max())).counts(sample_lengths)
         for prompt_len, sample_lengths in zip(prompt_lengths.tolist(), lengths)))
 
-    dense = np.isin(np.arange(config.num_hidden_layers), attention.dense_layers) | (attention.kind == "dense")
-    _check_measured(measured, dense, lengths, prompt_lengths, attention)
+    dense = attention.dense_layer_mask(config.num_hidden_layers)
     first_step = config.num_hidden_layers * lengths.shape[1] * int(prompt_lengths.sum())  # j = 1, every layer
     # Sparse layers below their threshold read like dense layers (already in dense_read, from the lengths).
     counts = dataclasses.replace(counts, attended=first_step + int(measured.sum()),
                                  sparse_read=int(measured[:, ~dense].sum()) - counts.inactive)
-    return _price(counts, config, attention, hw, dtype, param_bytes)
+    return _breakdown(counts, config, attention, hw, dtype, param_bytes)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -400,28 +387,6 @@ def _check_result(lengths: np.ndarray, prompt_lengths: np.ndarray, measured: np.
         raise ValueError(f"result.attended_tokens has shape {measured.shape}; expected ({steps}, "
                          f"{config.num_hidden_layers}): one row per decode step (max length - 1), one column per "
                          f"layer of the model")
-
-
-def _check_measured(measured: np.ndarray, dense: np.ndarray, lengths: np.ndarray, prompt_lengths: np.ndarray,
-                    attention: AttentionConfig) -> None:
-    """Dense-layer counts must be the full contexts of the running samples; sparse ones at most that."""
-    steps, samples = measured.shape[0], lengths.shape[1]
-    last = lengths.reshape(-1) - 2  # the last decode step of each sample (-1: it has none)
-    ends = np.zeros(steps + 1, np.int64)  # samples whose last decode step is s - 1 (index s)
-    ends_li = np.zeros(steps + 1, np.int64)
-    np.add.at(ends, last + 1, 1)
-    np.add.at(ends_li, last + 1, np.repeat(prompt_lengths, samples))
-    running = np.cumsum(ends[::-1])[::-1][1:]  # [steps]: samples running at decode step s (last >= s)
-    running_li = np.cumsum(ends_li[::-1])[::-1][1:]
-    full = running_li + running * (np.arange(steps, dtype=np.int64) + 1)  # their contexts Li + s + 1, summed
-    wrong = np.where(dense[None, :], measured != full[:, None], measured > full[:, None])  # [steps, layers]
-    if wrong.any():
-        step, layer = np.argwhere(wrong)[0]
-        raise ValueError(f"result.attended_tokens does not match attention={attention.describe()} and the run's "
-                         f"lengths: decode step {step}, layer {layer} ({'dense' if dense[layer] else 'sparse'}) "
-                         f"attended {measured[step, layer]} tokens, but the running samples' contexts sum to "
-                         f"{full[step]} (a dense layer attends all of it, a sparse one at most that); was the run "
-                         f"made with another policy?")
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -454,7 +419,7 @@ class StepReads:
         """Attention FLOPs (QK^T and PV over the attended tokens) plus block scoring."""
         hkv_d = config.num_key_value_heads * config.head_dim
         return (4 * config.num_attention_heads * config.head_dim * self.attended
-                + (4 if attention.score == "quest" else 2) * hkv_d * self.scored)
+                + attention.policy.scoring_flops * hkv_d * self.scored)
 
 
 def decode_step_reads(config: Qwen3Config, attention: AttentionConfig, *, context: int, prompt_len: int,
@@ -469,7 +434,7 @@ def decode_step_reads(config: Qwen3Config, attention: AttentionConfig, *, contex
     dense = _dense_layer_count(config, attention)
     sparse = layers - dense
     attended = int(attended_tokens(np.int64(context), attention))
-    below = attended == context
+    below = not attention.policy.active(np.int64(context))
     shared_layers = dense + (sparse if below else 0)
     kv = shared_layers * (num_prompts * prompt_len + rows * (context - prompt_len))
     kv += 0 if below else sparse * rows * attended

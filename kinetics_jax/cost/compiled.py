@@ -35,13 +35,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from kinetics_jax import distributed
-from kinetics_jax.attention import AttentionConfig
+from kinetics_jax.policies import AttentionConfig
 from kinetics_jax.cache import KVCache
 from kinetics_jax.checkpoint import layout
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.cost import analytic, hlo, targets
 from kinetics_jax.sampling import engine
+from kinetics_jax.sharding import meshes, placement, planning
+from kinetics_jax.sharding.axes import BATCH, MESH_AXES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +168,7 @@ def _abstract_model(request: Request, unroll: bool) -> nnx.Module:
 
 
 def _abstract_state(model: nnx.Module, mesh: Mesh) -> nnx.State:
-    shardings = distributed.param_shardings(model, mesh)
+    shardings = placement.param_shardings(model, mesh)
     flat = [(path, var.replace(jax.ShapeDtypeStruct(var.get_value().shape, var.get_value().dtype,
                                                     sharding=shardings[path])))
             for path, var in nnx.to_flat_state(nnx.state(model))]
@@ -175,7 +176,7 @@ def _abstract_state(model: nnx.Module, mesh: Mesh) -> nnx.State:
 
 
 def _sds(value: np.ndarray, axes, mesh: Mesh) -> jax.ShapeDtypeStruct:
-    target = distributed.replicated(mesh) if axes is None else distributed.sharding(axes, mesh)
+    target = placement.replicated(mesh) if axes is None else placement.sharding(axes, mesh)
     return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=target)
 
 
@@ -191,7 +192,7 @@ def _exact_width(request: Request, program: engine.Program) -> np.ndarray:
     """The program's page table cut to the pages the sequences have (generate rounds the width up to a power of
     two; the step reads only the pages it lists, but the kernels' static cost estimates count the width)."""
     a = request.attention
-    width = -(-(request.context + a.page_offset) // a.block_size)
+    width = -(-(request.context + a.page_offset) // a.cache_page_size)
     return program.inputs["page_table"][:, :width]
 
 
@@ -205,18 +206,18 @@ def decode_step_program(request: Request, mesh: Mesh, *, counting: bool = False)
     graphdef, state = nnx.split(model)
     a = request.attention
     dtype = jnp.dtype(request.dtype)
-    replicas = distributed.kv_replicas(request.config, mesh)
-    cache = jax.eval_shape(lambda: KVCache.zeros(request.config, program.static.num_pages, a.block_size, dtype,
+    replicas = meshes.kv_replicas(request.config, mesh)
+    cache = jax.eval_shape(lambda: KVCache.zeros(request.config, program.static.num_pages, a.cache_page_size, dtype,
                                                  a.summaries, replicas))
     axes = engine._cache_axes(cache)
     cache = KVCache(*(None if x is None else jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                                  sharding=distributed.sharding(ax, mesh, x.shape))
+                                                                  sharding=placement.sharding(ax, mesh, x.shape))
                       for x, ax in zip(cache, axes)))
-    rows = (distributed.BATCH,)
+    rows = (BATCH,)
     table = _exact_width(request, program)
     batch = table.shape[0]
-    vector = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=distributed.sharding(rows, mesh))
-    active = jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=distributed.sharding(rows, mesh))
+    vector = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=placement.sharding(rows, mesh))
+    active = jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=placement.sharding(rows, mesh))
     shared = _sds(program.inputs["shared_pages"], rows, mesh)
     num_samples = program.static.num_samples
 
@@ -228,13 +229,13 @@ def decode_step_program(request: Request, mesh: Mesh, *, counting: bool = False)
                                       shared_pages, mesh)
 
         return jax.jit(step, donate_argnums=(1,)), (_abstract_state(model, mesh), cache,
-                                                     _sds(table, (distributed.BATCH, None), mesh), shared)
+                                                     _sds(table, (BATCH, None), mesh), shared)
 
     def step(state, cache, tokens, positions, page_table, active, shared_pages):
         return engine.decode_step(nnx.merge(graphdef, state), cache, tokens, positions, page_table, active, a,
                                   num_samples, shared_pages, mesh)
 
-    args = (_abstract_state(model, mesh), cache, vector, vector, _sds(table, (distributed.BATCH, None), mesh),
+    args = (_abstract_state(model, mesh), cache, vector, vector, _sds(table, (BATCH, None), mesh),
             active, shared)
     return jax.jit(step, donate_argnums=(1,)), args
 
@@ -262,7 +263,7 @@ def generate_program(request: Request, mesh: Mesh) -> tuple[Callable, tuple, dic
     program = _program(request, mesh, model)
     state = _abstract_state(model, mesh)
     inputs = {name: _sds(value, engine.INPUT_AXES[name], mesh) for name, value in program.inputs.items()}
-    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=distributed.replicated(mesh))
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=placement.replicated(mesh))
     fn = jax.jit(functools.partial(engine._generate_impl, program.static))  # _generate_jit with static bound
     return fn, (state,), dict(inputs, max_new_tokens=scalar, seed=scalar)
 
@@ -326,9 +327,9 @@ def analytic_step(request: Request, mesh_shape: tuple[int, int]) -> tuple[int, i
     replicas = max(model_axis // c.num_key_value_heads, 1)
     kv_split = data * model_axis / replicas  # rows over "data", KV heads (with their copies) over "model"
     terms = {name: int(value / kv_split) for name, value in reads.bytes(c, a, request.dtype).items()}
-    abstract_mesh = jax.sharding.AbstractMesh(tuple(mesh_shape), distributed.MESH_AXES)
+    abstract_mesh = jax.sharding.AbstractMesh(tuple(mesh_shape), MESH_AXES)
     model = _abstract_model(request, unroll=False)
-    params = distributed.param_bytes_per_device(model, abstract_mesh)
+    params = planning.param_bytes_per_device(model, abstract_mesh)
     itemsize = jnp.dtype(request.dtype).itemsize
     if not c.tie_word_embeddings:  # the input embedding: only the rows gathered
         vocab_split = model_axis if c.vocab_size % model_axis == 0 else 1
@@ -344,7 +345,7 @@ def report(request: Request, target: str | targets.Target, *, keep_hlo: bool = F
     prefill for `target`, and sets them beside the analytic figures."""
     t = targets.target(target)
     mesh = targets.mesh(t, request.mesh_shape)
-    distributed.check_mesh(request.config, mesh)
+    meshes.check_mesh(request.config, mesh)
     step_fn, step_args = decode_step_program(request, mesh)
     shapes = watched_shapes(step_args)
     held = argument_bytes(step_args)

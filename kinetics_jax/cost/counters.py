@@ -1,7 +1,7 @@
 """Measured counters: XLA's cost analysis of one compiled decode step, and device time from a jax.profiler trace.
 
 - `decode_step_cost`: FLOPs and bytes XLA counts for the non-attention part of ONE compiled decode step. XLA
-  counts a while-loop body once (JAX_NOTES.md), so the cost of the decode loop is this times the number of
+  counts a while-loop body once (docs/jax_notes.md), so the cost of the decode loop is this times the number of
   steps, never the cost analysis of the loop itself (the layer scan is unrolled for the same reason). Attention
   runs in Pallas kernels, custom calls XLA cannot see into: its share comes from the analytic model.
 - `profile`: runs a function under `jax.profiler.trace` (the directory opens in TensorBoard / xprof), reads

@@ -105,11 +105,11 @@ def devices(spec: str | Target) -> tuple[jax.Device, ...]:
 
 def mesh(spec: str | Target, shape: tuple[int, int] = (1, 1)) -> Mesh:
     """A ("data", "model") mesh of `shape` over compile-only devices of `spec` (at most 4 TPU chips, 8 GPUs)."""
-    from kinetics_jax import distributed
+    from kinetics_jax.sharding.axes import MESH_AXES
     available = devices(spec)
     count = shape[0] * shape[1]
     if count > len(available):
         raise ValueError(f"mesh {shape[0]}x{shape[1]} needs {count} devices; the {target(spec).name} topology "
                          f"described here has {len(available)}")
     auto = (jax.sharding.AxisType.Auto,) * 2
-    return Mesh(np.asarray(available[:count]).reshape(shape), distributed.MESH_AXES, axis_types=auto)
+    return Mesh(np.asarray(available[:count]).reshape(shape), MESH_AXES, axis_types=auto)

@@ -1,4 +1,4 @@
-"""Evaluation (KINETICS.md §4): benchmark problems and the Kinetics prompt (`datasets`), answer extraction and
+"""Evaluation (docs/evaluation.md): benchmark problems and the Kinetics prompt (`datasets`), answer extraction and
 equivalence (`grading`), accuracy metrics (`metrics`), and the per-sample results file (`results`)."""
 
 from kinetics_jax.eval.datasets import (DATASETS, FINAL_ANSWER_TEMPLATE, Problem, kinetics_prompt, load_problems,

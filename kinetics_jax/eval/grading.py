@@ -1,4 +1,4 @@
-"""Answer extraction and equivalence: the grader of every math benchmark (KINETICS.md §4).
+"""Answer extraction and equivalence: the grader of every math benchmark (docs/evaluation.md).
 
     answer = extract_answer(text)          # "\\frac{1}{2}" from "... $\\boxed{\\frac{1}{2}}$. I hope it is correct"
     correct = grade(text, gold="0.5")      # True

@@ -109,9 +109,16 @@ def expected_majority_vote(answers: Sequence[str | None], gold: str, k: int, *, 
 
 def truncation_accuracy(token_ids: Sequence[int], gold: str, budgets: Iterable[int],
                         decode: Callable[[list[int]], str], *, timeout_s: float = 5.0) -> dict[int, bool]:
-    """Long-CoT truncation: {budget: is the trace correct when cut to its first `budget` tokens}. A trace no
-    longer than a budget is graded whole. `decode` maps token ids to text (e.g. Tokenizer.decode with
-    skip_special_tokens=True)."""
+    """Long-CoT truncation: {budget: is the trace correct when cut to its first `budget` tokens}, graded by
+    math-verify (`grading.grade`). A trace no longer than a budget is graded whole. `decode` maps token ids to
+    text (e.g. Tokenizer.decode with skip_special_tokens=True)."""
+    return truncated_grades(token_ids, budgets, decode, lambda text: grading.grade(text, gold, timeout_s=timeout_s))
+
+
+def truncated_grades(token_ids: Sequence[int], budgets: Iterable[int], decode: Callable[[list[int]], str],
+                     grade: Callable[[str], bool]) -> dict[int, bool]:
+    """{budget: grade(the text of the trace's first `budget` tokens)}; a trace no longer than a budget is graded
+    whole, and each cut is decoded and graded once. Budgets must be >= 1 token."""
     token_ids = list(token_ids)
     graded: dict[int, bool] = {}  # by the number of tokens kept
     result: dict[int, bool] = {}
@@ -120,7 +127,7 @@ def truncation_accuracy(token_ids: Sequence[int], gold: str, budgets: Iterable[i
             raise ValueError(f"truncation budgets must be >= 1 token, got {budget}")
         kept = min(budget, len(token_ids))
         if kept not in graded:
-            graded[kept] = grading.grade(decode(token_ids[:kept]), gold, timeout_s=timeout_s)
+            graded[kept] = grade(decode(token_ids[:kept]))
         result[budget] = graded[kept]
     return result
 
@@ -136,7 +143,7 @@ _RECORD_KEYS = ("problem_id", "gold", "answer", "correct", "length")
 
 def per_query_table(records: Iterable[Mapping[str, Any]], *, num_samples: int | None = None,
                     timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """One row per problem from per-sample records (the `kinetics_jax.eval.results` format: problem_id, gold,
+    """One row per problem from per-sample records (the `kinetics_jax.eval.records` format: problem_id, gold,
     answer, correct, length, optional dataset, sample_index and num_samples), problems in order of first
     appearance:
 

@@ -1,18 +1,7 @@
 """Evaluation results: an append-only jsonl with one record per (problem, sample), resumable after a kill.
 
-A record (written by scripts/evaluate.py, read by the scaling analysis) is one JSON object per line:
-
-    model, model_config (HF config.json dict), dataset, problem_id, gold, sample_index, num_samples,
-    prompt_length, length (generated tokens), finish_reason, text, token_ids, answer (extracted or null),
-    correct, truncation {"<token budget>": correct when the trace is cut there}, cost {compute_flops,
-    memory_bytes, eflops, hardware: this sample's share, tts_cost(N samples of its length) / N}, config (the
-    run: checkpoint, dataset, strategy, num_samples, max_new_tokens, attention, sampling, seed)
-
-`REQUIRED_FIELDS` are those every writer emits and the readers rely on (model, model_config, dataset,
-problem_id, gold, sample_index, num_samples, prompt_length, length, answer, correct, config), with their JSON
-types; `OPTIONAL_FIELDS` (finish_reason, text, token_ids, truncation, cost) are type-checked when present; other
-fields are kept as they are. sample_index, num_samples, prompt_length and length are integers (not booleans)
-with 0 <= sample_index < num_samples and lengths >= 0; correct is a boolean; answer is a string or null.
+The records (written by scripts/evaluate.py and the study, read by the scaling analysis) are one JSON object per
+line, by the schema of kinetics_jax.eval.records (which builds them and says which are valid: `record_problem`).
 
 Durability: records are appended as whole lines and fsync'ed per batch. A process killed mid-write leaves at most
 one torn last line; `ResultsStore` detects it on open (no newline, or not JSON: invalid UTF-8 counts as not
@@ -32,82 +21,22 @@ Everything else is corruption and is refused with one ValueError naming the file
 `ResultsStore.append` checks each record by the same rules before writing it, so the store never writes a line
 it would refuse on the next open.
 
-`read_kinetics_traces` converts the released Kinetics trace format (KINETICS.md §4) into these records.
+`read_kinetics_traces` converts the released Kinetics trace format (docs/evaluation.md) into these records.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from kinetics_jax import outputs
-from kinetics_jax.attention import AttentionConfig
+from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow
+from kinetics_jax.eval.records import make_record, record_problem
 
 log = logging.getLogger(__name__)
-
-# Field -> its allowed JSON types (as Python types after json.loads). int excludes bool (checked below).
-REQUIRED_FIELDS: Mapping[str, tuple[type, ...]] = {
-    "model": (str,), "model_config": (dict,), "dataset": (str,), "problem_id": (str,), "gold": (str,),
-    "sample_index": (int,), "num_samples": (int,), "prompt_length": (int,), "length": (int,),
-    "answer": (str, type(None)), "correct": (bool,), "config": (dict,),
-}
-OPTIONAL_FIELDS: Mapping[str, tuple[type, ...]] = {
-    "finish_reason": (str,), "text": (str,), "token_ids": (list,), "truncation": (dict,), "cost": (dict,),
-}
-_REQUIRED, _OPTIONAL = tuple(REQUIRED_FIELDS.items()), tuple(OPTIONAL_FIELDS.items())
-_MISSING = object()
-_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
-               bool: "a boolean", type(None): "null"}
-
-
-def _json_name(value: Any) -> str:
-    return _JSON_NAMES.get(type(value), type(value).__name__)
-
-
-def _field_problem(name: str, value: Any, types: tuple[type, ...]) -> str | None:
-    """Why `value` is not a valid `name` field of one of `types`, or None. Booleans are not integers."""
-    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
-        return None
-    shown = repr(value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    return (f"field {name!r} must be {' or '.join(_JSON_NAMES[t] for t in types)}, got {shown} "
-            f"({_json_name(value)})")
-
-
-def record_problem(record: Any) -> str | None:
-    """Why a parsed JSON value is not a valid record (the rules of the module docstring), or None if it is one.
-    One dict look-up and type test per field (exact builtin types first, as json.loads makes them): cheap
-    enough for every line of a large file."""
-    if not isinstance(record, dict):
-        return f"not a record: {_json_name(record)}, not a JSON object"
-    for name, types in _REQUIRED:
-        value = record.get(name, _MISSING)
-        if type(value) not in types:
-            if value is _MISSING:
-                missing = [field for field in REQUIRED_FIELDS if field not in record]
-                return f"record lacks field(s) {', '.join(missing)}"
-            problem = _field_problem(name, value, types)
-            if problem:
-                return problem
-    for name, types in _OPTIONAL:
-        value = record.get(name, _MISSING)
-        if value is not _MISSING and type(value) not in types:
-            problem = _field_problem(name, value, types)
-            if problem:
-                return problem
-    if record["num_samples"] < 1:
-        return f"field 'num_samples' must be >= 1, got {record['num_samples']}"
-    if not 0 <= record["sample_index"] < record["num_samples"]:
-        return (f"field 'sample_index' must be in [0, num_samples={record['num_samples']}), got "
-                f"{record['sample_index']}")
-    for name in ("prompt_length", "length"):
-        if record[name] < 0:
-            return f"field {name!r} must be >= 0, got {record[name]}"
-    return None
 
 
 class _Keys:
@@ -319,16 +248,13 @@ def read_kinetics_traces(path: str, *, model: str, model_config: dict[str, Any],
         if len(scores) != len(predictions):
             raise ValueError(f"{path}:{number}: {len(scores)} scores for {len(predictions)} predictions")
         for s, (text, score) in enumerate(zip(predictions, scores)):
-            records.append({
-                "model": model, "model_config": model_config, "dataset": dataset,
-                "problem_id": f"{dataset}-{number - 2}", "gold": str(gold), "sample_index": s,
-                "num_samples": len(predictions), "prompt_length": prompt_tokens(query),
-                "length": count_tokens(text), "finish_reason": "unknown", "text": text, "answer": None,
-                "correct": float(score) >= 100.0, "truncation": {},
-                "config": {"source": os.path.basename(path), "dataset": dataset, "strategy": "best_of_n",
-                           "num_samples": len(predictions), "max_new_tokens": max_new_tokens,
-                           "attention": attention},
-            })
+            records.append(make_record(
+                model=model, model_config=model_config, dataset=dataset, problem_id=f"{dataset}-{number - 2}",
+                gold=str(gold), sample_index=s, num_samples=len(predictions), prompt_length=prompt_tokens(query),
+                length=count_tokens(text), finish_reason="unknown", text=text, answer=None,
+                correct=float(score) >= 100.0, truncation={},
+                config={"source": os.path.basename(path), "dataset": dataset, "strategy": "best_of_n",
+                        "num_samples": len(predictions), "max_new_tokens": max_new_tokens, "attention": attention}))
     return records
 
 
@@ -336,12 +262,12 @@ def _kinetics_attention(meta: dict[str, Any], path: str) -> dict[str, Any]:
     """AttentionConfig fields (as a dict) of a Kinetics metadata line."""
     local = meta.get("attn_local") or 0
     if meta.get("attn_block_topk"):
-        config = AttentionConfig(kind="block_topk", local=local, block_topk=int(meta["attn_block_topk"]),
-                                 block_size=int(meta.get("attn_block_size") or 16))
+        config = AttentionConfig(BlockTopK(local=local, block_topk=int(meta["attn_block_topk"]),
+                                           block_size=int(meta.get("attn_block_size") or 16)))
     elif meta.get("attn_topk"):
-        config = AttentionConfig(kind="topk", local=local, topk=int(meta["attn_topk"]))
+        config = AttentionConfig(OracleTopK(local=local, topk=int(meta["attn_topk"])))
     elif local:
-        config = AttentionConfig(kind="sliding_window", local=local)
+        config = AttentionConfig(SlidingWindow(local=local))
     else:
         config = AttentionConfig()
-    return {**dataclasses.asdict(config), "dense_layers": list(config.dense_layers)}
+    return config.to_fields()

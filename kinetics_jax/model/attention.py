@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kinetics_jax.config import Qwen3Config
-from kinetics_jax.model.layers import (DType, EMBED, HEAD_DIM, HEADS, KV_HEADS, RMSNorm, apply_rope, param,
-                                       rope_cos_sin)
+from kinetics_jax.model.layers import DType, RMSNorm, apply_rope, param, rope_cos_sin
+from kinetics_jax.sharding.axes import EMBED, HEAD_DIM, HEADS, KV_HEADS
 
 
 class Attention(nnx.Module):

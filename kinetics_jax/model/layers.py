@@ -1,7 +1,8 @@
 """Small building blocks of the Qwen3 decoder: parameters with logical axes, RMSNorm, RoPE and the SwiGLU MLP.
 
 Every parameter is created through `param()`, which attaches logical axis names (e.g. ("embed", "mlp")).
-`kinetics_jax.distributed` maps those names to mesh axes; nothing here knows about devices.
+The names and the table mapping them to mesh axes are in `kinetics_jax.sharding.axes`; nothing here knows
+about devices.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kinetics_jax.sharding.axes import EMBED, MLP, VOCAB
+
 DType = Any
 Initializer = Callable[[jax.Array, tuple[int, ...], DType], jax.Array]
-
-# Logical axis names used by the model's parameters.
-EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP, EXPERTS, LAYERS = (
-    "embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "experts", "layers")
 
 default_init: Initializer = jax.nn.initializers.normal(stddev=0.02)  # transformers' initializer_range
 

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kinetics_jax.config import Qwen3Config
-from kinetics_jax.model.layers import DType, EMBED, EXPERTS, MLP, param
+from kinetics_jax.model.layers import DType, param
+from kinetics_jax.sharding.axes import EMBED, EXPERTS, MLP
 
 
 def route(logits: jax.Array, top_k: int, normalize: bool, dtype: DType) -> tuple[jax.Array, jax.Array]:

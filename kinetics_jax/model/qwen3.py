@@ -26,8 +26,9 @@ from flax import nnx
 
 from kinetics_jax.config import LayerSegment, Qwen3Config
 from kinetics_jax.model.attention import Attention, causal_attention
-from kinetics_jax.model.layers import DType, DenseMLP, EMBED, Embedding, LAYERS, RMSNorm, VOCAB, param
+from kinetics_jax.model.layers import DType, DenseMLP, Embedding, RMSNorm, param
 from kinetics_jax.model.moe import MoE
+from kinetics_jax.sharding.axes import EMBED, LAYERS, VOCAB
 
 
 AttendFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any, Any]]

@@ -28,13 +28,16 @@ from flax import nnx
 
 from jax.sharding import AbstractMesh, Mesh
 
-from kinetics_jax import distributed
-from kinetics_jax.attention import AttentionConfig, decode_attention
-from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache, checked_int
+from kinetics_jax.attention import decode_attention
+from kinetics_jax.policies import AttentionConfig
+from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache
+from kinetics_jax.checks import checked_int
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.model.attention import causal_attention
-from kinetics_jax.model.layers import HEAD_DIM, HEADS, KV_HEADS, LAYERS
 from kinetics_jax.sampling.samplers import SamplingConfig, sample, sample_keys
+from kinetics_jax.sharding import meshes, placement, planning
+from kinetics_jax.sharding.axes import (BATCH, CACHE_POOL, CACHE_SUMMARY, DATA, HEAD_DIM, HEADS, KV_HEADS,
+                                        SEQUENCE)
 
 RUNNING, EOS, LENGTH, REPETITION = 0, 1, 2, 3
 FINISH_REASONS = ("running", "eos", "length", "repetition")
@@ -63,13 +66,15 @@ class RepetitionStop:
 class GenerationResult:
     """tokens int32[P, N, T] (-1 after a sample's end), lengths int32[P, N] (generated tokens, the stop token
     included), finish_reasons str[P, N] ("eos" | "length" | "repetition"), attended_tokens int64[steps, layers]:
-    KV tokens read by each layer at each decode step, summed over the samples still running."""
+    KV tokens read by each layer at each decode step, summed over the samples still running; prompt_lengths
+    int[P]; attention: the policy the run used (the cost model reads it from here)."""
 
     tokens: np.ndarray
     lengths: np.ndarray
     finish_reasons: np.ndarray
     attended_tokens: np.ndarray
     prompt_lengths: np.ndarray
+    attention: AttentionConfig = AttentionConfig()
 
     def sequences(self, p: int, s: int) -> list[int]:
         """The generated ids of sample s of prompt p."""
@@ -123,19 +128,19 @@ def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.
     straight into a new paged cache (page size, offset and summaries of `attention`) through the plan's page
     writes int32[3, n]: (destination page, source page = prompt * pages_per_prompt + block, whether the page is
     full). Under a `mesh` the prompts, the writes and the `num_pages` pool are split over "data" (each shard's
-    writes hold its local page and prompt indices) and the KV heads over "model" (copied distributed.kv_replicas
+    writes hold its local page and prompt indices) and the KV heads over "model" (copied meshes.kv_replicas
     times when "model" is larger than the KV head count).
     Returns (logits [P, V] at each prompt's last token, cache)."""
     num_prompts, prompt_len = prompt_ids.shape
     valid = jnp.arange(prompt_len)[None, :] < prompt_lengths[:, None]
     positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), prompt_ids.shape)
-    replicas = distributed.kv_replicas(model.config, mesh)
-    ps, offset = attention.block_size, attention.page_offset
+    replicas = meshes.kv_replicas(model.config, mesh)
+    ps, offset = attention.cache_page_size, attention.page_offset
     blocks = -(-(prompt_len + offset) // ps)  # source pages per prompt
     cache = KVCache.zeros(model.config, num_pages, ps, model.dtype, attention.summaries, replicas)
     cache_axes = _cache_axes(cache)
     if mesh is not None:
-        cache = distributed.constrain(cache, cache_axes, mesh)
+        cache = placement.constrain(cache, cache_axes, mesh)
 
     def write(cache: KVCache, layer: jax.Array, k: jax.Array, v: jax.Array, writes: jax.Array) -> KVCache:
         def pages(x: jax.Array) -> jax.Array:  # [P, T, Hkv, D] -> [P * blocks, Hkv, ps, D]
@@ -146,9 +151,8 @@ def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.
         dst, src, full = writes
         return cache.write_prompt(layer, dst, pages(k), pages(v), src, full.astype(bool))
 
-    kv_axes = (distributed.BATCH, distributed.LENGTH, KV_HEADS, HEAD_DIM)
-    write = distributed.per_shard(write, mesh, (cache_axes, None, kv_axes, kv_axes, (None, distributed.BATCH)),
-                                  cache_axes)
+    kv_axes = (BATCH, SEQUENCE, KV_HEADS, HEAD_DIM)
+    write = placement.per_shard(write, mesh, (cache_axes, None, kv_axes, kv_axes, (None, BATCH)), cache_axes)
 
     def attend(q, k, v, layer, cache):
         out = causal_attention(q, k, v, valid)
@@ -161,8 +165,8 @@ def prefill(model: Qwen3ForCausalLM, prompt_ids: jax.Array, prompt_lengths: jax.
 
 def _cache_axes(cache: KVCache) -> KVCache:
     """The logical axes of each KVCache field (None for absent summaries)."""
-    summary = lambda x: None if x is None else distributed.CACHE_SUMMARY
-    return KVCache(distributed.CACHE_POOL, distributed.CACHE_POOL, summary(cache.k_mean), summary(cache.k_min),
+    summary = lambda x: None if x is None else CACHE_SUMMARY
+    return KVCache(CACHE_POOL, CACHE_POOL, summary(cache.k_mean), summary(cache.k_min),
                    summary(cache.k_max))
 
 
@@ -181,23 +185,22 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
     page = page_table[jnp.arange(batch), (positions + offset) // page_size]
     slot = (positions + offset) % page_size
 
-    replicas = distributed.kv_replicas(model.config, mesh)
-    head_mean = None if replicas == 1 else functools.partial(distributed.kv_head_mean, replicas=replicas)
-    platform = distributed.platform(mesh)
+    replicas = meshes.kv_replicas(model.config, mesh)
+    head_mean = None if replicas == 1 else functools.partial(meshes.kv_head_mean, replicas=replicas)
+    platform = meshes.platform(mesh)
 
     def local(q, k, v, layer, cache, page, slot, page_table, lengths, shared_pages):
         cache = cache.append(layer, page, slot, k, v)
-        out, attended = decode_attention(q, cache, layer, page_table, lengths, attention, page_offset=offset,
-                                         num_samples=num_samples, shared_pages=shared_pages, head_mean=head_mean,
-                                         platform=platform)
+        out, attended = decode_attention(q, cache, layer, page_table, lengths, attention, num_samples=num_samples,
+                                         shared_pages=shared_pages, head_mean=head_mean, platform=platform)
         return out, cache, attended[:, None]
 
-    rows, cache_axes = (distributed.BATCH,), _cache_axes(cache)
-    q_axes, kv_axes = (distributed.BATCH, HEADS, HEAD_DIM), (distributed.BATCH, KV_HEADS, HEAD_DIM)
-    step = distributed.per_shard(
-        local, mesh, (q_axes, kv_axes, kv_axes, None, cache_axes, rows, rows, (distributed.BATCH, None), rows,
+    rows, cache_axes = (BATCH,), _cache_axes(cache)
+    q_axes, kv_axes = (BATCH, HEADS, HEAD_DIM), (BATCH, KV_HEADS, HEAD_DIM)
+    step = placement.per_shard(
+        local, mesh, (q_axes, kv_axes, kv_axes, None, cache_axes, rows, rows, (BATCH, None), rows,
                       None if shared_pages is None else rows),
-        (q_axes, cache_axes, (distributed.BATCH, KV_HEADS)))  # attended: one column per "model" shard
+        (q_axes, cache_axes, (BATCH, KV_HEADS)))  # attended: one column per "model" shard
 
     def attend(q, k, v, layer, cache):
         k, v = (jnp.repeat(x[:, 0], replicas, axis=1) for x in (k, v))  # a KV head's copies (usually 1)
@@ -259,7 +262,7 @@ def _generate_impl(static: _Static, state: nnx.State, prompt_ids: jax.Array, pro
     carry = (jnp.int32(0), tokens, done, reason, generated, cache, attended)
     steps, tokens, done, reason, generated, _, attended = jax.lax.while_loop(cond, body, carry)
     reason = jnp.where(reason == RUNNING, LENGTH, reason)
-    everywhere = distributed.replicated(mesh)  # every process can read the result
+    everywhere = placement.replicated(mesh)  # every process can read the result
     return jax.lax.with_sharding_constraint((tokens, generated, reason, attended, steps), everywhere)
 
 
@@ -340,7 +343,7 @@ def _int32_bits(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.uint32).view(np.int32)
 
 
-def _shard_inputs(plans: list[CachePlan], split: distributed.DataSplit, prompts: list[np.ndarray],
+def _shard_inputs(plans: list[CachePlan], split: planning.DataSplit, prompts: list[np.ndarray],
                   streams: np.ndarray) -> dict[str, np.ndarray]:
     """The host arrays of a request cut into data shards, shard-major: shard d owns rows d * R .. (d + 1) * R - 1
     of every array (its prompts, its rows, its slice of the prefill writes); page ids are local to the shard's
@@ -376,7 +379,7 @@ def _shard_inputs(plans: list[CachePlan], split: distributed.DataSplit, prompts:
     return {k: np.concatenate(v, axis=1 if k == "writes" else 0) for k, v in out.items()}
 
 
-def _result_rows(split: distributed.DataSplit, num_prompts: int) -> np.ndarray:
+def _result_rows(split: planning.DataSplit, num_prompts: int) -> np.ndarray:
     """int[P, N]: the row of the shard-major batch that holds sample s of prompt p."""
     per_shard = split.prompts_per_shard * split.samples_per_shard
     order = np.zeros((num_prompts, split.sample_groups * split.samples_per_shard), np.int64)
@@ -389,10 +392,10 @@ def _result_rows(split: distributed.DataSplit, num_prompts: int) -> np.ndarray:
 
 
 INPUT_AXES: dict[str, tuple[str | None, ...] | None] = {
-    "prompt_ids": (distributed.BATCH, None), "prompt_lengths": (distributed.BATCH,),
-    "page_table": (distributed.BATCH, None), "shared_pages": (distributed.BATCH,),
-    "writes": (None, distributed.BATCH), "row_streams": (distributed.BATCH,), "row_samples": (distributed.BATCH,),
-    "row_real": (distributed.BATCH,)}
+    "prompt_ids": (BATCH, None), "prompt_lengths": (BATCH,),
+    "page_table": (BATCH, None), "shared_pages": (BATCH,),
+    "writes": (None, BATCH), "row_streams": (BATCH,), "row_samples": (BATCH,),
+    "row_real": (BATCH,)}
 """The logical axes of the compiled program's host inputs (rows and prompts split over "data")."""
 
 
@@ -403,7 +406,7 @@ class Program:
 
     static: _Static
     inputs: dict[str, np.ndarray]
-    split: distributed.DataSplit
+    split: planning.DataSplit
 
 
 def _size_text(n: int) -> str:
@@ -421,17 +424,17 @@ def check_cache_fits(model: Qwen3ForCausalLM, prompt_lengths: Sequence[int], num
     whose KV cache exceeds `cache_budget_bytes` per device, or whose cache pages or decode rows per data shard
     do not fit the int32 page ids and row indices. Only the KV cache is counted (parameters, logits and the
     token buffer come on top)."""
-    data = mesh.shape[distributed.DATA]
-    pages = distributed.cache_pages_per_shard(prompt_lengths, num_samples, max_new_tokens, attention, data)
-    need = distributed.kv_cache_bytes_per_device(pages, model.config, model.dtype, attention, mesh)
+    data = mesh.shape[DATA]
+    pages = planning.cache_pages_per_shard(prompt_lengths, num_samples, max_new_tokens, attention, data)
+    need = planning.kv_cache_bytes_per_device(pages, model.config, model.dtype, attention, mesh)
     what = (f"{num_samples} samples x {len(prompt_lengths)} prompts (up to {max(prompt_lengths)} prompt + "
             f"{max_new_tokens} new tokens, mesh {dict(mesh.shape)}) need {pages} KV cache pages of "
-            f"{attention.block_size} tokens per data shard")
+            f"{attention.cache_page_size} tokens per data shard")
     if need > cache_budget_bytes:
         raise ValueError(f"{what}: {_size_text(need)} of KV cache per device; the cache budget is "
                          f"{_size_text(cache_budget_bytes)} per device (cache_budget_bytes; default: free device "
                          f"memory, or half the host RAM)")
-    split = distributed.DataSplit.of(len(prompt_lengths), num_samples, data)
+    split = planning.DataSplit.of(len(prompt_lengths), num_samples, data)
     rows = split.prompts_per_shard * split.samples_per_shard
     if pages >= INT32_LIMIT or rows >= INT32_LIMIT:
         raise ValueError(f"{what} and {rows} decode rows; page ids and rows are int32, so each must be below "
@@ -448,8 +451,7 @@ def prepare(model: Qwen3ForCausalLM, prompts: list[np.ndarray], streams: np.ndar
     planning)."""
     lengths = [a.size for a in prompts]
     _check_placement(model, lengths, num_samples, max_new_tokens, attention, mesh, cache_budget_bytes)
-    split, plans = distributed.request_plans(lengths, num_samples, max_new_tokens, attention,
-                                             mesh.shape[distributed.DATA])
+    split, plans = planning.request_plans(lengths, num_samples, max_new_tokens, attention, mesh.shape[DATA])
     static = _Static(nnx.graphdef(model), mesh, sampling, attention, split.samples_per_shard,
                      _bucket(max_new_tokens), split.shards * max(plan.num_pages for plan in plans),
                      tuple(int(e) for e in eos_token_ids), vocab_size, repetition)
@@ -460,7 +462,7 @@ def _check_placement(model: Qwen3ForCausalLM, lengths: Sequence[int], num_sample
                      attention: AttentionConfig, mesh: Mesh | AbstractMesh, cache_budget_bytes: int) -> None:
     """The checks of a request against the model and mesh: the policy's layers, the mesh, the cache budget."""
     attention.check_layers(model.config.num_hidden_layers)
-    distributed.check_mesh(model.config, mesh)
+    meshes.check_mesh(model.config, mesh)
     check_cache_fits(model, lengths, num_samples, max_new_tokens, attention, mesh, cache_budget_bytes)
 
 
@@ -468,7 +470,7 @@ def _checked(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], mesh: Me
              ) -> tuple[_Request, Mesh, int]:
     """generate's arguments checked (_check_request), its mesh and its cache budget in bytes per device."""
     r = _check_request(model, prompts, **arguments)
-    mesh = distributed.local_mesh() if mesh is None else mesh
+    mesh = meshes.local_mesh() if mesh is None else mesh
     return r, mesh, _memory_budget() if r.cache_budget_bytes is None else r.cache_budget_bytes
 
 
@@ -493,7 +495,7 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     """Samples `num_samples` continuations of every prompt (lists of token ids), up to `max_new_tokens` each.
 
     A sample stops at the first id in `eos_token_ids`, after `max_new_tokens`, or (with `repetition`) when it
-    loops. `attention` is the decode-attention policy (prefill is always dense); its block_size is the cache's
+    loops. `attention` is the decode-attention policy (prefill is always dense); its cache_page_size is the cache's
     page size. `vocab_size` is the tokenizer's real vocabulary (ids >= it are never sampled; default: the model's).
     Sample s of prompt p draws from keys derived from (seed, stream_ids[p], s, step) (stream_ids default: 0 ..
     P - 1), so it does not change when N changes; give each prompt a fixed stream id (e.g. its index in a
@@ -508,8 +510,8 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     alias 2**32 - 1). Every argument is checked, with a ValueError naming it, before anything is compiled or
     allocated.
 
-    `mesh` (distributed.make_mesh; default: this process's first device) spreads the request: parameters and KV
-    heads over "model", prompts and samples over "data" (see distributed.DataSplit). The parameters are placed on
+    `mesh` (meshes.make_mesh; default: this process's first device) spreads the request: parameters and KV
+    heads over "model", prompts and samples over "data" (see planning.DataSplit). The parameters are placed on
     the mesh for the call (no copy when the model was loaded or sharded onto it). Every process of a multi-host
     run calls generate with the same arguments and gets the whole result.
     """
@@ -520,10 +522,10 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     program = prepare(model, arrays, r.streams, num_samples=r.num_samples, max_new_tokens=max_new_tokens,
                       sampling=sampling, attention=attention, eos_token_ids=r.eos_token_ids,
                       vocab_size=r.vocab_size, repetition=repetition, cache_budget_bytes=budget, mesh=mesh)
-    arg = {name: distributed.put(value, INPUT_AXES[name], mesh) for name, value in program.inputs.items()}
-    scalar = lambda x: distributed.put(np.asarray(x, np.int32), None, mesh)
+    arg = {name: placement.put(value, INPUT_AXES[name], mesh) for name, value in program.inputs.items()}
+    scalar = lambda x: placement.put(np.asarray(x, np.int32), None, mesh)
     tokens, generated, reason, attended, steps = _generate_jit(
-        program.static, distributed.place_params(model, mesh), **arg, max_new_tokens=scalar(max_new_tokens),
+        program.static, placement.place_params(model, mesh), **arg, max_new_tokens=scalar(max_new_tokens),
         seed=scalar(_int32_bits(r.seed)))
     order = _result_rows(program.split, len(arrays))  # [P, N] -> row of the sharded batch
     tokens, generated, reason = (np.asarray(x)[order] for x in (tokens, generated, reason))
@@ -531,4 +533,4 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
         tokens=tokens[..., :max_new_tokens], lengths=generated,
         finish_reasons=np.asarray(FINISH_REASONS)[reason],
         attended_tokens=np.asarray(attended)[:int(steps)].astype(np.int64),
-        prompt_lengths=np.asarray([a.size for a in arrays], np.int32))
+        prompt_lengths=np.asarray([a.size for a in arrays], np.int32), attention=attention)

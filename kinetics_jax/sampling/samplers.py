@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kinetics_jax.cache import checked_int
+from kinetics_jax.checks import checked_int
 
 GREEDY_BELOW = 0.02  # temperatures below this decode greedily (Kinetics convention)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from kinetics_jax.cache import checked_int
+from kinetics_jax.checks import checked_int
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.sampling.engine import GenerationResult, RepetitionStop, generate
 

@@ -32,7 +32,9 @@ from matplotlib.ticker import NullFormatter
 
 from kinetics_jax import outputs
 from kinetics_jax.scaling.fit import SigmoidFit
-from kinetics_jax.scaling.frontier import Analysis, Frontier, IsoCostGrid
+from kinetics_jax.scaling.analysis import Analysis
+from kinetics_jax.scaling.frontier import Frontier
+from kinetics_jax.scaling.isocost import IsoCostGrid
 
 _DPI = 100
 COST_NAMES = {"flops": "FLOPs", "eflops": "eFLOPs"}

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any, Mapping, Sequence
 
-from kinetics_jax.attention import AttentionConfig
+from kinetics_jax.policies import AttentionConfig
 from kinetics_jax.config import Qwen3Config
 
 STRATEGIES = ("best_of_n", "long_cot")
@@ -45,29 +45,11 @@ class Run:
 
     @property
     def policy(self) -> str:
-        return policy_label(self.attention)
+        """The policy's label (kinetics_jax.policies): runs are grouped and drawn by it."""
+        return self.attention.policy.label()
 
     def describe(self) -> str:
         return f"{self.model} {self.dataset} {self.strategy} {self.policy} max_new_tokens={self.max_new_tokens}"
-
-
-def policy_label(attention: AttentionConfig) -> str:
-    """"dense", or kind-tokens with the tokens a sparse policy selects per step: "topk-256", "block_topk-256"
-    (block_size x block_topk), "sliding_window-64" (local). Runs are grouped by this label (sink, local window,
-    score and dense layers do not split a group)."""
-    selected = {"dense": None, "topk": attention.topk, "sliding_window": attention.local,
-                "block_topk": (attention.block_size * attention.block_topk if attention.block_topk else None)}
-    tokens = selected[attention.kind]
-    return attention.kind if tokens is None else f"{attention.kind}-{tokens}"
-
-
-def attention_config(fields: Mapping[str, Any]) -> AttentionConfig:
-    """The AttentionConfig of a record's config["attention"] dict (unknown keys ignored, dense_layers a tuple)."""
-    known = {f.name for f in dataclasses.fields(AttentionConfig)}
-    kwargs = {k: v for k, v in fields.items() if k in known}
-    if "dense_layers" in kwargs:
-        kwargs["dense_layers"] = tuple(kwargs["dense_layers"])
-    return AttentionConfig(**kwargs)
 
 
 _REQUIRED = ("model", "model_config", "dataset", "problem_id", "sample_index", "prompt_length", "length", "correct",
@@ -110,7 +92,7 @@ def _run(records: list[Mapping[str, Any]]) -> Run:
     budgets = {int(b) for b in config.get("truncation_budgets") or ()}
     budgets |= {b for samples in problems.values() for s in samples.values() for b in s.truncation}
     return Run(model=first["model"], dataset=first["dataset"], strategy=config["strategy"],
-               config=Qwen3Config.from_hf_config(first["model_config"]), attention=attention_config(config["attention"]),
+               config=Qwen3Config.from_hf_config(first["model_config"]), attention=AttentionConfig.from_fields(config["attention"]),
                max_new_tokens=int(config["max_new_tokens"]), truncation_budgets=tuple(sorted(budgets)),
                problems={pid: tuple(s for _, s in sorted(by_index.items()))
                          for pid, by_index in sorted(problems.items())})

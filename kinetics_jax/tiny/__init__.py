@@ -1,2 +1,2 @@
-"""The embedded tiny Qwen3 family: a synthetic pointer-chasing task (task.py), its training (train.py), and the
-miniature Kinetics study on it (study.py: runs and records; report.py: the table and figure)."""
+"""The embedded tiny Qwen3 family: a synthetic pointer-chasing task (task.py) and its training (train.py). The
+study that runs on it is kinetics_jax.study (its `ChaseTask` wraps task.py)."""

@@ -15,7 +15,7 @@ import jax
 from absl import flags, logging
 from jax.sharding import Mesh
 
-from kinetics_jax import distributed
+from kinetics_jax.sharding import meshes, runtime
 
 FLAGS = flags.FLAGS
 
@@ -33,10 +33,10 @@ def define_flags() -> None:
 
 def mesh_from_flags() -> Mesh:
     """Starts jax.distributed when the flags or the environment ask for it, then the mesh the flags describe."""
-    shape = distributed.parse_mesh_shape(FLAGS.mesh_shape)  # check before starting anything
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    shape = meshes.parse_mesh_shape(FLAGS.mesh_shape)  # check before starting anything
+    runtime.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.info("process %d of %d, backend %s, %d devices", jax.process_index(), jax.process_count(),
                  jax.default_backend(), jax.device_count())
-    mesh = distributed.make_mesh(shape)
+    mesh = meshes.make_mesh(shape)
     logging.info("mesh %s", dict(mesh.shape))
     return mesh

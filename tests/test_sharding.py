@@ -1,5 +1,6 @@
-"""Meshes on 8 CPU devices (conftest forces --xla_force_host_platform_device_count=8): sharding rules, the data
-split, sharded logits and greedy generation against one device, and orbax / HF restores straight into a mesh."""
+"""kinetics_jax.sharding on 8 CPU devices (conftest forces --xla_force_host_platform_device_count=8): the axis
+rules, meshes and start-up flags, the data split, sharded logits and greedy generation against one device, KV-head
+replicas, and orbax / HF restores straight into a mesh."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import kinetics_jax as kj
-from kinetics_jax import distributed
+from kinetics_jax.sharding import axes, meshes, placement, planning, runtime
 from kinetics_jax.sampling import SamplingConfig
 
 MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
@@ -39,7 +40,7 @@ def _model(config: kj.Qwen3Config, seed: int = 0) -> kj.Qwen3ForCausalLM:
 
 
 def _mesh(shape):
-    return distributed.make_mesh(shape)
+    return meshes.make_mesh(shape)
 
 
 def _prompts(lengths, seed=0, vocab=256):
@@ -54,7 +55,7 @@ def test_eight_cpu_devices():
 def test_rules_give_the_expected_partition_specs():
     mesh = _mesh((4, 2))
     abstract = nnx.eval_shape(lambda: kj.Qwen3ForCausalLM(MOE, rngs=nnx.Rngs(0)))
-    specs = {".".join(map(str, path)): s.spec for path, s in distributed.param_shardings(abstract, mesh).items()}
+    specs = {".".join(map(str, path)): s.spec for path, s in placement.param_shardings(abstract, mesh).items()}
     assert specs["blocks.0.layer.self_attn.q_proj"] == P(None, "model", None, None)
     assert specs["blocks.0.layer.self_attn.k_proj"] == P(None, "model", None, None)
     assert specs["blocks.0.layer.self_attn.o_proj"] == P(None, "model", None, None)
@@ -63,33 +64,33 @@ def test_rules_give_the_expected_partition_specs():
     assert specs["lm_head"] == P(None, "model")
     assert specs["embed_tokens.embedding"] == P("model", None)
     dense = nnx.eval_shape(lambda: kj.Qwen3ForCausalLM(DENSE, rngs=nnx.Rngs(0)))
-    dense_specs = {".".join(map(str, k)): s.spec for k, s in distributed.param_shardings(dense, mesh).items()}
+    dense_specs = {".".join(map(str, k)): s.spec for k, s in placement.param_shardings(dense, mesh).items()}
     assert dense_specs["blocks.0.layer.mlp.down_proj"] == P(None, "model", None)
     # The KV cache: KV heads over "model", pages over "data"; a dimension "model" does not divide is replicated.
-    assert distributed.partition_spec(distributed.CACHE_POOL, mesh) == P(None, "model", "data", None, None)
-    assert distributed.partition_spec(("vocab", "embed"), _mesh((2, 4)), (150, 64)) == P(None, None)
+    assert axes.partition_spec(axes.CACHE_POOL, mesh) == P(None, "model", "data", None, None)
+    assert axes.partition_spec(("vocab", "embed"), _mesh((2, 4)), (150, 64)) == P(None, None)
 
 
 def test_bad_meshes_and_flags_are_refused():
     with pytest.raises(ValueError, match="needs 6 devices, but there are 8"):
-        distributed.make_mesh((3, 2))
+        meshes.make_mesh((3, 2))
     for text in ("4", "4,x", "0,8", "2,2,2"):
         with pytest.raises(ValueError, match="mesh shape"):
-            distributed.parse_mesh_shape(text)
+            meshes.parse_mesh_shape(text)
     model = kj.load_model("kinetics_jax/assets/tiny-random-qwen3", dtype=jnp.float32)  # 2 KV heads
     with pytest.raises(ValueError, match=r"'model' mesh axis \(8 devices\) must divide the query heads \(4\)"):
         kj.generate(model, [[1, 2, 3]], max_new_tokens=2, mesh=_mesh((1, 8)))
     with pytest.raises(ValueError, match="need --coordinator_address"):
-        distributed.initialize(num_processes=2)
+        runtime.initialize(num_processes=2)
     with pytest.raises(ValueError, match="needs --num_processes and --process_id"):
-        distributed.initialize("127.0.0.1:1234", num_processes=2)
+        runtime.initialize("127.0.0.1:1234", num_processes=2)
     with pytest.raises(ValueError, match=r"process_id must be in \[0, 2\)"):
-        distributed.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
+        runtime.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
 
 
 @pytest.mark.parametrize("prompts,samples,shards", list(itertools.product([1, 3, 4, 8, 12], [1, 2, 4, 8], [1, 2, 8])))
 def test_data_split_covers_every_sample_once(prompts, samples, shards):
-    split = distributed.DataSplit.of(prompts, samples, shards)
+    split = planning.DataSplit.of(prompts, samples, shards)
     assert split.prompt_groups * split.sample_groups == shards
     seen = []
     for d in range(shards):
@@ -109,8 +110,8 @@ def test_sharded_logits_match_one_device(config):
         mesh = _mesh(shape)
         sharded = kj.Qwen3ForCausalLM(config, rngs=nnx.Rngs(0))
         nnx.update(sharded, nnx.state(model))
-        distributed.shard_model(sharded, mesh)
-        batch = distributed.put(np.asarray(ids), (distributed.BATCH, None), mesh)
+        placement.shard_model(sharded, mesh)
+        batch = placement.put(np.asarray(ids), (axes.BATCH, None), mesh)
         got = np.asarray(jax.jit(lambda m, x: m(x))(sharded, batch))
         # float32, 3 layers: only the order of the sums changes (all-reduces over "model"); the logits are O(10).
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=str(shape))
@@ -118,8 +119,7 @@ def test_sharded_logits_match_one_device(config):
 
 ATTENTION = {
     "dense": kj.AttentionConfig(),
-    "block_topk-pallas": kj.AttentionConfig(kind="block_topk", sink=4, block_size=16, block_topk=1,
-                                            backend="pallas"),
+    "block_topk-pallas": kj.AttentionConfig(kj.policies.BlockTopK(sink=4, block_size=16, block_topk=1), backend="pallas"),
 }
 
 
@@ -130,7 +130,7 @@ def test_sharded_greedy_generate_gives_the_same_tokens(name, shapes):
     prompts = _prompts([5, 23, 40], seed=2)
     kwargs = dict(num_samples=4, max_new_tokens=40, sampling=GREEDY, attention=attention)
     expected = kj.generate(model, prompts, **kwargs)
-    if attention.sparse:  # the policy really selects: more full blocks than block_topk late in the run
+    if attention.policy.sparse:  # the policy really selects: more full blocks than block_topk late in the run
         assert expected.attended_tokens[-1, 1:].max() < expected.attended_tokens[-1, 0] / 2  # layer 0 is dense
     for shape in shapes:
         got = kj.generate(model, prompts, mesh=_mesh(shape), **kwargs)
@@ -149,21 +149,20 @@ def test_kv_heads_replicated_when_model_axis_exceeds_them():
     (1, 8) tokens differ)."""
     model = _model(GQA4)
     prompts = _prompts([5, 23, 40], seed=2)
-    attention = kj.AttentionConfig(kind="block_topk", sink=4, block_size=16, block_topk=1, score="quest",
-                                   backend="pallas")
+    attention = kj.AttentionConfig(kj.policies.BlockTopK(sink=4, block_size=16, block_topk=1, score="quest"), backend="pallas")
     kwargs = dict(num_samples=4, max_new_tokens=40, sampling=GREEDY, attention=attention)
     expected = kj.generate(model, prompts, **kwargs)
     for shape in [(2, 4), (1, 8)]:
         mesh = _mesh(shape)
-        assert distributed.kv_replicas(GQA4, mesh) == shape[1] // 2
+        assert meshes.kv_replicas(GQA4, mesh) == shape[1] // 2
         got = kj.generate(model, prompts, mesh=mesh, **kwargs)
         np.testing.assert_array_equal(got.tokens, expected.tokens, err_msg=str(shape))
         np.testing.assert_array_equal(got.attended_tokens, expected.attended_tokens)
     with pytest.raises(ValueError, match="oracle topk"):
         kj.generate(model, prompts, max_new_tokens=4, mesh=_mesh((1, 8)),
-                    attention=kj.AttentionConfig(kind="topk", topk=8))
+                    attention=kj.AttentionConfig(kj.policies.OracleTopK(topk=8)))
     with pytest.raises(ValueError, match=r"'model' mesh axis \(4 devices\).*KV heads \(6\)"):
-        distributed.check_mesh(dataclasses.replace(GQA4, num_attention_heads=12, num_key_value_heads=6), _mesh((2, 4)))
+        meshes.check_mesh(dataclasses.replace(GQA4, num_attention_heads=12, num_key_value_heads=6), _mesh((2, 4)))
 
 
 def test_sampled_generate_on_a_mesh_matches_one_device_streams():
@@ -187,7 +186,7 @@ def test_restore_into_a_mesh(fmt, hf_checkpoints, tmp_path):
     reference = kj.load_model(str(path), dtype=jnp.float32)
     mesh = _mesh((4, 2))
     model = kj.load_model(str(path), dtype=jnp.float32, mesh=mesh)
-    want = distributed.param_shardings(model, mesh)
+    want = placement.param_shardings(model, mesh)
     for (key, var), (_, ref) in zip(nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(reference))):
         value = var.get_value()
         assert value.sharding.is_equivalent_to(want[key], value.ndim), key

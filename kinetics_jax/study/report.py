@@ -17,14 +17,15 @@ import dataclasses
 import os
 from typing import Mapping, Sequence
 
-import numpy as np
 from matplotlib.figure import Figure
 
 from kinetics_jax import scaling
+from kinetics_jax.policies import Dense
 from kinetics_jax.scaling.plots import COST_NAMES, PALETTE, cost_axis, save_figure, write_csv, write_json, write_text
-from kinetics_jax.tiny.study import Row
+from kinetics_jax.study.summary import Row
 
 _STYLES = ("-", "--", ":", "-.")
+DENSE = Dense().label()  # the baseline, drawn in black
 
 
 def _styles(rows: Sequence[Row]) -> tuple[dict[str, str], dict[str, str]]:
@@ -62,9 +63,10 @@ def plot_overview(rows: Sequence[Row], analyses: Mapping[str, scaling.Analysis],
     ax = axes[1][1]
     if "best_of_n" in analyses:
         by_policy = analyses["best_of_n"].policies["eflops"]
-        for i, (label, frontier) in enumerate(sorted(by_policy.items(), key=lambda kv: kv[0] != "dense")):
-            ax.plot(frontier.grid, frontier.accuracy, color="black" if label == "dense" else PALETTE[i],
-                    ls="-" if label == "dense" else "--", lw=1.6, label=label)
+        for i, (label, frontier) in enumerate(sorted(by_policy.items(), key=lambda kv: kv[0] != DENSE)):
+            dense = label == DENSE
+            ax.plot(frontier.grid, frontier.accuracy, color="black" if dense else PALETTE[i],
+                    ls="-" if dense else "--", lw=1.6, label=label)
         ax.legend(fontsize=8, loc="lower right")
     cost_axis(ax, "eflops", hardware)
     ax.set(ylabel="frontier accuracy", ylim=(-0.02, 1.02),
