@@ -83,7 +83,7 @@ def test_engine_matches_reference_policy_loop(config, hf_checkpoints):
     model = kj.load_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], dtype=jnp.float32)
     lengths, new, n = [11, 23], 30, 2
     prompts = _prompts(lengths, seed=2)
-    plan = CachePlan.for_request(lengths, n, new, config.page_size, page_offset=config.page_offset)
+    plan = CachePlan.for_request(lengths, n, new, config.cache_page_size, page_offset=config.page_offset)
     padded = np.zeros((2, 32), np.int32)
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p
