@@ -1,4 +1,5 @@
-"""The package's one rule for integer arguments (jax-free: the cost model and policies use it)."""
+"""The package's integer helpers (jax-free: the cost model and policies use them): the one rule for integer
+arguments, and `ceil_div`."""
 
 from __future__ import annotations
 
@@ -33,3 +34,8 @@ def checked_int(value: object, name: str, *, minimum: int | None = None, maximum
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise ValueError(f"{rule}, got {number}")
     return int(number)
+
+
+def ceil_div(a, b):
+    """ceil(a / b) for integers, Python, numpy or jnp (e.g. the pages that hold `a` tokens at `b` per page)."""
+    return -(-a // b)

@@ -11,10 +11,12 @@
     # the same samples under growing max_new_tokens: time must follow the tokens decoded, not the capacity
     python scripts/benchmark_decode.py --mode=capacity --budgets=256,512,2048 --attention=dense@xla
 
-Attention variants (--attention): <policy label>@<xla|pallas> (a kinetics_jax.policies label on 16-token pages:
+Attention variants (--attention): <policy label>@<xla|pallas> (a kinetics_jax.policies label, its cache pages:
 dense@xla, dense@pallas, block_topk-1024@pallas = sink 4, local 0, 64 blocks of 16 tokens, sliding_window-512@xla),
 cascade@pallas (dense, the batch = N samples of one prompt whose first context - 512 tokens are shared pages),
-jax-peer (jax.experimental.pallas.ops.gpu.decode_attention on contiguous KV; GPU only). Caches hold random K/V (no prefill: a 32K-token prefill is not what is measured). Times are medians of
+jax-peer (jax.experimental.pallas.ops.gpu.decode_attention on contiguous KV; GPU only). Caches are laid out by
+kinetics_jax.cache.PagedLayout and hold random K/V (no prefill: a 32K-token prefill is not what is measured);
+model mode runs generate's step on this process's mesh (shard_map included). Times are medians of
 --repeats runs after a warm-up; each run executes --steps steps inside one jit (a lax.fori_loop feeding each
 step's output into the next), so dispatch overhead is amortised. "GB/s" divides the bytes the variant must read
 (K/V of the attended tokens, page summaries for block top-k) by the time. Off GPU the Pallas kernels only run in
@@ -38,12 +40,12 @@ from flax import nnx
 import kinetics_jax as kj
 from kinetics_jax import cli
 from kinetics_jax.attention import decode_attention
-from kinetics_jax.cache import KVCache, page_summaries
-from kinetics_jax.sampling.engine import decode_step
+from kinetics_jax.cache import CachePlan, KVCache, PagedLayout
+from kinetics_jax.cost.analytic import decode_step_reads
+from kinetics_jax.sampling.decode import decode_step
 
 TINY = kj.Qwen3Config(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)
-PAGE = 16
 OWN_TOKENS = 512  # cascade: tokens each sample owns after the shared prompt
 
 _MODE = flags.DEFINE_enum("mode", "attention", ["attention", "model", "transformers", "capacity"], "What to time.")
@@ -77,7 +79,7 @@ class Variant:
     @classmethod
     def parse(cls, spec: str, dense_layers: tuple[int, ...]) -> "Variant":
         """"jax-peer", "cascade@pallas", or "<policy label>@<xla|pallas>" (kinetics_jax.policies labels, e.g.
-        dense@xla, block_topk-1024@pallas) on 16-token pages."""
+        dense@xla, block_topk-1024@pallas)."""
         if spec == "jax-peer":
             return cls(spec, None)
         label, at, backend = spec.rpartition("@")
@@ -92,8 +94,6 @@ class Variant:
             config = kj.AttentionConfig.parse(label, backend=backend, dense_layers=dense_layers)
         except ValueError as e:
             raise ValueError(f"--attention {spec}: {e}") from None
-        if config.cache_page_size != PAGE:
-            raise ValueError(f"--attention {spec}: the benchmark's caches have {PAGE}-token pages")
         return cls(spec, config)
 
     def unavailable(self) -> str | None:
@@ -114,39 +114,34 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _layout(batch: int, context: int, cascade: bool, offset: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(page_table int32[B, M], shared pages int32[1], pool pages) for B sequences of `context` tokens at
-    virtual offset `offset`; with `cascade`, all but the last OWN_TOKENS tokens sit in pages shared by all."""
-    width = -(-(offset + context) // PAGE)
-    shared = (offset + context - OWN_TOKENS) // PAGE if cascade else 0
-    own = width - shared
-    table = np.zeros((batch, width), np.int32)
-    table[:, :shared] = 1 + np.arange(shared)
-    table[:, shared:] = 1 + shared + np.arange(batch * own).reshape(batch, own)
-    return table, np.asarray([shared], np.int32), 1 + shared + batch * own
-
-
-def _random_cache(key: jax.Array, layers: int, hkv: int, pages: int, d: int, dtype,
-                  summaries: tuple[str, ...]) -> KVCache:
-    """Random K/V pools [layers, Hkv, pages, 16, D] with their page summaries ([layers, pages, Hkv, D])."""
-    kk, kv = jax.random.split(key)
-    shape = (layers, hkv, pages, PAGE, d)
-    k = jax.random.normal(kk, shape, dtype)
-    values = {name: jnp.swapaxes(value, 1, 2) for name, value in page_summaries(k, summaries).items()}
-    return KVCache(k, jax.random.normal(kv, shape, dtype), **values)
-
-
-def _bytes_needed(variant: Variant, batch: int, context: int, hkv: int, d: int, itemsize: int) -> int:
-    """Bytes one decode step of one layer must read: the attended K/V (+ block summaries for block top-k)."""
-    kv_token = 2 * hkv * d * itemsize
+def _plan(variant: Variant, batch: int, context: int) -> CachePlan:
+    """The cache plan of B sequences of `context` cached tokens in the variant's layout: the cascade's are the
+    samples of one prompt of context - OWN_TOKENS tokens (its full pages shared), the others B one-sample prompts."""
+    layout = PagedLayout.of(variant.config)
     if variant.cascade:
-        return (context - OWN_TOKENS) * kv_token + batch * OWN_TOKENS * kv_token
-    if variant.config is not None:
-        policy = variant.config.policy
-        tokens = int(policy.attended(np.int64(context)))
-        scored = int(policy.candidate_blocks(np.int64(context))) if policy.active(np.int64(context)) else 0
-        return batch * (tokens * kv_token + scored * len(policy.summaries) * hkv * d * itemsize)
-    return batch * context * kv_token
+        return layout.plan([context - OWN_TOKENS], batch, OWN_TOKENS + 1)
+    return layout.plan([context] * batch, 1, 1)
+
+
+def _random_cache(key: jax.Array, config: kj.Qwen3Config, variant: Variant, plan: CachePlan, dtype) -> KVCache:
+    """Random K/V pools of the plan's pages (no prefill: a 32K-token prefill is not what is measured), with
+    their page summaries."""
+    layout = PagedLayout.of(variant.config)
+    kk, kv = jax.random.split(key)
+    shape = layout.pool_shape(config, plan.num_pages)
+    return KVCache.from_pools(jax.random.normal(kk, shape, dtype), jax.random.normal(kv, shape, dtype),
+                              layout.summaries)
+
+
+def _bytes_needed(variant: Variant, batch: int, context: int, config: kj.Qwen3Config, dtype) -> int:
+    """Bytes one decode step of one layer must read: the attended K/V (the cascade's shared prompt once) and,
+    for block top-k, the summaries of the blocks scored (cost.analytic.decode_step_reads)."""
+    one_layer = dataclasses.replace(config, num_hidden_layers=1)
+    attention = dataclasses.replace(variant.config or kj.AttentionConfig(), dense_layers=())
+    prompt_len, prompts, samples = ((context - OWN_TOKENS, 1, batch) if variant.cascade else (context, batch, 1))
+    reads = decode_step_reads(one_layer, attention, context=context, prompt_len=prompt_len, num_prompts=prompts,
+                              num_samples=samples).bytes(one_layer, attention, dtype)
+    return reads["kv"] + reads["summaries"]
 
 
 def _attention_step(variant: Variant, batch: int, context: int, config: kj.Qwen3Config, dtype
@@ -169,8 +164,9 @@ def _attention_step(variant: Variant, batch: int, context: int, config: kj.Qwen3
 
         return lambda: run(q, k, v, lengths)
     attention = dataclasses.replace(variant.config, dense_layers=())
-    table, shared, pages = _layout(batch, context, variant.cascade, attention.page_offset)
-    cache = _random_cache(key_kv, 1, hkv, pages, d, dtype, attention.summaries)
+    plan = _plan(variant, batch, context)
+    cache = _random_cache(key_kv, dataclasses.replace(config, num_hidden_layers=1), variant, plan, dtype)
+    table, shared = plan.page_table, plan.shared_pages_per_prompt
 
     @jax.jit
     def run(q, cache, table, lengths, shared):
@@ -187,14 +183,17 @@ def _attention_step(variant: Variant, batch: int, context: int, config: kj.Qwen3
 
 def _model_step(variant: Variant, model: kj.Qwen3ForCausalLM, batch: int, context: int, dtype
                 ) -> Callable[[], jax.Array]:
-    """A no-argument callable running --steps full-model decode steps (greedy) on a cache of `context` tokens."""
+    """A no-argument callable running --steps full-model decode steps (greedy) on a cache of `context` tokens,
+    the step as generate's loop runs it: on this process's mesh (kj.sharding.local_mesh), the cache write, page
+    selection and kernels inside its shard_map."""
     config, steps = model.config, _STEPS.value
     attention = variant.config
-    table, shared, pages = _layout(batch, context, variant.cascade, attention.page_offset)
-    cache = _random_cache(jax.random.key(context + batch), config.num_hidden_layers, config.num_key_value_heads,
-                          pages, config.head_dim, dtype, attention.summaries)
+    plan = _plan(variant, batch, context)
+    cache = _random_cache(jax.random.key(context + batch), config, variant, plan, dtype)
+    table, shared = plan.page_table, plan.shared_pages_per_prompt
     graphdef, state = nnx.split(model)
     num_samples = batch if variant.cascade else 1
+    mesh = kj.sharding.local_mesh()
 
     @jax.jit
     def run(state, cache, table, shared):
@@ -204,7 +203,7 @@ def _model_step(variant: Variant, model: kj.Qwen3ForCausalLM, batch: int, contex
             tokens, cache = carry
             positions = jnp.full((batch,), context - steps, jnp.int32) + i  # the cache ends at `context`
             logits, cache, _ = decode_step(model, cache, tokens, positions, table, jnp.ones((batch,), bool),
-                                           attention, num_samples, shared if variant.cascade else None)
+                                           attention, num_samples, shared if variant.cascade else None, mesh)
             return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
 
         tokens, _ = jax.lax.fori_loop(0, steps, body, (jnp.zeros((batch,), jnp.int32), cache))
@@ -249,9 +248,8 @@ def _sweep() -> None:
                 seconds = _median_seconds(step, _REPEATS.value) / _STEPS.value
                 del step
                 base = base or seconds
-                rate = (batch / seconds if model_mode else _bytes_needed(
-                    variant, batch, context, config.num_key_value_heads, config.head_dim, dtype.itemsize) / seconds
-                        / 1e9)
+                rate = (batch / seconds if model_mode else
+                        _bytes_needed(variant, batch, context, config, dtype) / seconds / 1e9)
                 rows.append((context, batch, variant.name, f"{seconds * 1e3:10.3f} | {rate:10.1f} | "
                                                             f"{base / seconds:6.2f}x"))
                 logging.info("%s", rows[-1])

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from kinetics_jax import Qwen3Config
-from kinetics_jax.cache import NULL_PAGE, CachePlan, KVCache
+from kinetics_jax.cache import NULL_PAGE, PagedLayout
 from kinetics_jax.checks import checked_int
 
 
 def test_prefix_pages_are_shared_across_samples():
     lengths, n, new, ps = [40, 5, 32], 4, 10, 16
-    plan = CachePlan.for_request(lengths, n, new, ps)
+    plan = PagedLayout(ps).plan(lengths, n, new)
     # full prompt pages: 2 + 0 + 2, stored once; own pages per sample: ceil((L + new - 1) / 16) - full
     own = [-(-(40 + 9) // 16) - 2, -(-(5 + 9) // 16) - 0, -(-(32 + 9) // 16) - 2]
-    assert plan.shared_pages == 4
+    assert plan.shared_page_count == 4
     in_use = np.setdiff1d(plan.page_table, [NULL_PAGE]).size  # distinct pages the table points at
     assert in_use == 4 + n * sum(own) == 4 + 4 * (2 + 1 + 1)
     unshared = sum(n * -(-(length + new - 1) // ps) for length in lengths)
@@ -34,7 +34,7 @@ def test_prefix_pages_are_shared_across_samples():
 
 
 def test_prefill_writes_copy_only_partial_pages():
-    plan = CachePlan.for_request([20], 3, 5, 8)
+    plan = PagedLayout(8).plan([20], 3, 5)
     entries = list(zip(plan.prefill_page, plan.prefill_prompt, plan.prefill_block))
     assert len(entries) == 2 + 3  # 2 full pages once, the partial page (block 2) once per sample
     assert len({page for page, _, _ in entries}) == len(entries)  # every page written once
@@ -46,13 +46,13 @@ def test_prefill_writes_copy_only_partial_pages():
 
 def test_pool_is_sized_from_the_request_and_bytes_counted():
     config = Qwen3Config.preset("qwen3-8b")
-    plan = CachePlan.for_request([100] * 2, 8, 1000, 16, pad_pages_to=64)
+    plan = PagedLayout(16).plan([100] * 2, 8, 1000, pad_pages_to=64)
     pages = 2 * (100 // 16) + 2 * 8 * (-(-(100 + 999) // 16) - 100 // 16)  # shared + own pages: 12 + 16 * 63
     assert plan.num_pages % 64 == 0 and plan.num_pages >= pages + 1
-    kv = plan.bytes(config, "bfloat16", summaries=0)
+    kv = PagedLayout(16).pool_bytes(config, plan.num_pages, "bfloat16")
     assert kv >= pages * 16 * 147_456
     # one bf16 mean key per page, layer and KV head: 1/16 of the K pool at 16-token pages
-    assert plan.bytes(config, "bfloat16", summaries=1) - kv == plan.num_pages * 36 * 8 * 128 * 2
+    assert PagedLayout(16, summaries=("k_mean",)).pool_bytes(config, plan.num_pages, "bfloat16") - kv == plan.num_pages * 36 * 8 * 128 * 2
 
 
 def test_pool_size_in_closed_form_equals_the_plan():
@@ -63,11 +63,13 @@ def test_pool_size_in_closed_form_equals_the_plan():
                                                               (1, 2, 17), (8, 16), (0, 5), (1, 64)):
         if offset >= ps:
             continue
-        plan = CachePlan.for_request(lengths, n, new, ps, page_offset=offset, pad_pages_to=pad)
-        pages = CachePlan.pool_pages(lengths, n, new, ps, page_offset=offset, pad_pages_to=pad)
+        layout = PagedLayout(ps, offset, ("k_min", "k_max"))
+        plan = layout.plan(lengths, n, new, pad_pages_to=pad)
+        pages = layout.pool_pages(lengths, n, new, pad_pages_to=pad)
         assert pages == plan.num_pages, (lengths, n, new, ps, offset, pad)
-        assert CachePlan.pool_bytes(pages, ps, config, "bfloat16", 2) == plan.bytes(config, "bfloat16", 2)
-    assert CachePlan.pool_pages([100, 7], 10**8, 4, 16) == 1 + 6 + 10**8 * (1 + 1)  # instant, even for 10**8
+        # K and V: 2 * ps slots per page; 2 summaries: one slot's worth each
+        assert layout.pool_bytes(config, pages, "bfloat16") == pages * (2 * ps + 2) * 36 * 8 * 128 * 2
+    assert PagedLayout(16).pool_pages([100, 7], 10**8, 4) == 1 + 6 + 10**8 * (1 + 1)  # instant, even for 10**8
 
 
 def test_checked_int_takes_any_integral_non_bool():
@@ -92,7 +94,7 @@ def test_summaries_are_written_when_a_page_fills(dtype):
     its last slot is written; a page still filling keeps zeros; other layers are untouched."""
     config = Qwen3Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=4)
-    cache = KVCache.zeros(config, num_pages=3, page_size=4, dtype=dtype, summaries=("k_mean", "k_min", "k_max"))
+    cache = PagedLayout(4, summaries=("k_mean", "k_min", "k_max")).zeros(config, 3, dtype)
     keys = np.asarray(jnp.asarray(np.random.default_rng(0).normal(size=(6, 1, 4)), dtype), np.float32)
     pages, slots = np.array([1, 1, 1, 2, 2, 1]), np.array([0, 1, 2, 0, 1, 3])
     for t in range(6):  # decode-style appends, one token at a time into layer 1
@@ -112,7 +114,7 @@ def test_summaries_are_written_when_a_page_fills(dtype):
 def test_prompt_writes_fill_pages_and_the_summaries_of_full_ones():
     config = Qwen3Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, head_dim=4)
-    cache = KVCache.zeros(config, num_pages=6, page_size=4, dtype=jnp.float32, summaries=("k_mean",))
+    cache = PagedLayout(4, summaries=("k_mean",)).zeros(config, 6, jnp.float32)
     src = np.random.default_rng(1).normal(size=(3, 2, 4, 4)).astype(np.float32)  # [M, Hkv, ps, D]
     cache = cache.write_prompt(jnp.int32(1), jnp.asarray([2, 5, 4]), jnp.asarray(src), jnp.asarray(src + 1),
                                jnp.asarray([0, 2, 2]), jnp.asarray([True, False, False]))
@@ -126,8 +128,8 @@ def test_prompt_writes_fill_pages_and_the_summaries_of_full_ones():
 def test_page_offset_makes_blocks_after_the_sink_whole_pages():
     """With offset 12 and pages of 16, the sink (tokens 0-3) fills page-table entry 0 and block j (tokens
     4 + 16 j ..) is entry j + 1; the prompt's full pages are shared, the partial one copied per sample."""
-    plan = CachePlan.for_request([40], 2, 30, 16, page_offset=12)
-    assert plan.shared_pages == (40 + 12) // 16 == 3
+    plan = PagedLayout(16, 12).plan([40], 2, 30)
+    assert plan.shared_page_count == (40 + 12) // 16 == 3
     np.testing.assert_array_equal(plan.shared_pages_per_prompt, [3])
     entries = {int(page): int(block) for page, block in zip(plan.prefill_page, plan.prefill_block)}
     for entry, page in enumerate(plan.page_table[0, :-(-(40 + 12) // 16)]):

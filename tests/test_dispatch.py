@@ -13,7 +13,7 @@ import policy_numpy
 from lowering import MARKERS, export_mlir
 from kinetics_jax import Qwen3Config
 from kinetics_jax.attention import decode_attention, sparse_decode
-from kinetics_jax.cache import CachePlan, KVCache
+from kinetics_jax.cache import KVCache, PagedLayout
 from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow
 
 BLOCK = AttentionConfig(BlockTopK(sink=4, local=0, block_size=16, block_topk=2))
@@ -78,30 +78,30 @@ def test_budget_covering_the_sequence_equals_dense(backend):
 
 
 def _filled_cache(lengths: list[int], num_samples: int, new: int, config: Qwen3Config, offset: int):
-    """A cache laid out by CachePlan for a request, filled with random K/V for every stored position, and the
+    """A cache laid out by the plan of a request, filled with random K/V for every stored position, and the
     contiguous K/V of each sequence. Pages the plan does not use hold NaN."""
-    plan = CachePlan.for_request(lengths, num_samples, new, 16, page_offset=offset)
+    layout = PagedLayout(16, offset)
+    plan = layout.plan(lengths, num_samples, new)
     rng = np.random.default_rng(0)
     hkv, d, layers = config.num_key_value_heads, config.head_dim, config.num_hidden_layers
-    shape = (layers, hkv, plan.num_pages, 16, d)
-    k, v = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
     b = len(lengths) * num_samples
     total = max(lengths) + new
     ck, cv = (rng.normal(size=(layers, b, total, hkv, d)).astype(np.float32) for _ in range(2))
-    for s in range(b):
-        p = s // num_samples
-        if s % num_samples:  # samples share their prompt: the shared tokens are the first sample's
+    for s in range(1, b):  # samples share their prompt: the shared tokens are the first sample's
+        if s % num_samples:
+            p = s // num_samples
             ck[:, s, :lengths[p]], cv[:, s, :lengths[p]] = ck[:, s - 1, :lengths[p]], cv[:, s - 1, :lengths[p]]
-        for t in range(lengths[p] + new - 1):
-            page, slot = plan.page_table[s, (t + offset) // 16], (t + offset) % 16
-            k[:, :, page, slot], v[:, :, page, slot] = ck[:, s, t], cv[:, s, t]
-    cache = KVCache(jnp.asarray(k), jnp.asarray(v))
+    stored = np.repeat(lengths, num_samples) + new - 1
+    cache, _ = layout.from_contiguous(jnp.asarray(ck), jnp.asarray(cv), jnp.asarray(stored), plan)
+    ones = jnp.ones(ck.shape, jnp.float32)
+    written = layout.from_contiguous(ones, ones, jnp.asarray(stored), plan)[0].k > 0  # the slots holding a token
+    cache = cache._replace(k=jnp.where(written, cache.k, np.nan), v=jnp.where(written, cache.v, np.nan))
     return plan, cache, ck, cv
 
 
 @pytest.mark.parametrize("num_samples", [1, 3])
 def test_decode_attention_dense_and_cascade_pallas(num_samples):
-    """Dense Pallas decode (the cascade when samples share prompt pages) on a CachePlan cache, layer 1."""
+    """Dense Pallas decode (the cascade when samples share prompt pages) on a planned cache, layer 1."""
     config = Qwen3Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
                          num_attention_heads=8, num_key_value_heads=2, head_dim=32)
     prompt_lengths, new = [37, 16, 5], 30

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import signal
 import time
 
@@ -16,9 +15,10 @@ from flax import nnx
 from jax.sharding import AbstractMesh
 
 import kinetics_jax as kj
-from kinetics_jax.cache import CachePlan
+from kinetics_jax.cache import PagedLayout
 from kinetics_jax.sampling import RepetitionStop, SamplingConfig, generate
-from kinetics_jax.sampling.engine import decode_step, prefill
+from kinetics_jax.sampling.decode import decode_step
+from kinetics_jax.sampling.prefill import prefill
 from kinetics_jax.sharding import meshes, planning
 from kinetics_jax.sharding.axes import MESH_AXES
 from kinetics_jax.policies import AttentionConfig, BlockTopK
@@ -72,7 +72,7 @@ def test_cached_logits_equal_full_forward_at_every_step(name, hf_checkpoints):
     model = kj.load_hf_checkpoint(hf_checkpoints[name], dtype=jnp.float32)
     page_size, new = 8, 30
     prompts = _prompts([11, 20], seed=2)
-    plan = CachePlan.for_request([11, 20], 2, new, page_size)
+    plan = PagedLayout(page_size).plan([11, 20], 2, new)
     padded = np.zeros((2, 32), np.int32)
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p
@@ -236,7 +236,10 @@ def test_cache_size_closed_form_equals_the_plans(lengths, n, new, attention, mes
     _, plans = planning.request_plans(lengths, n, new, attention, mesh_shape[0])
     pages = planning.cache_pages_per_shard(lengths, n, new, attention, mesh_shape[0])
     assert pages == max(plan.num_pages for plan in plans)
-    pool = dataclasses.replace(plans[0], num_pages=pages).bytes(TINY, model.dtype, len(attention.summaries))
+    # K and V: page_size slots each per page; a summary: one slot's worth per page; every KV head copy counted
+    slots = 2 * attention.cache_page_size + len(attention.summaries)
+    pool = pages * slots * TINY.num_hidden_layers * TINY.num_key_value_heads * TINY.head_dim * \
+        np.dtype(model.dtype).itemsize
     assert planning.kv_cache_bytes_per_device(pages, TINY, model.dtype, attention, mesh) == (
         pool * meshes.kv_replicas(TINY, mesh) // mesh_shape[1])
 

@@ -12,10 +12,11 @@ import pytest
 
 import kinetics_jax as kj
 from kinetics_jax.attention import reference_decode
-from kinetics_jax.cache import CachePlan
+from kinetics_jax.cache import PagedLayout
 from kinetics_jax.model.attention import causal_attention
 from kinetics_jax.sampling import SamplingConfig, generate
-from kinetics_jax.sampling.engine import decode_step, prefill
+from kinetics_jax.sampling.decode import decode_step
+from kinetics_jax.sampling.prefill import prefill
 from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow
 
 GREEDY = SamplingConfig.greedy_config()
@@ -83,7 +84,7 @@ def test_engine_matches_reference_policy_loop(config, hf_checkpoints):
     model = kj.load_hf_checkpoint(hf_checkpoints["dense_g4_sharded"], dtype=jnp.float32)
     lengths, new, n = [11, 23], 30, 2
     prompts = _prompts(lengths, seed=2)
-    plan = CachePlan.for_request(lengths, n, new, config.cache_page_size, page_offset=config.page_offset)
+    plan = PagedLayout.of(config).plan(lengths, n, new)
     padded = np.zeros((2, 32), np.int32)
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p

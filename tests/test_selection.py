@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from kinetics_jax.attention import selection
-from kinetics_jax.attention.dispatch import paged_from_contiguous
-from kinetics_jax.cache import KVCache
+from kinetics_jax.cache import KVCache, PagedLayout
 from kinetics_jax.policies import AttentionConfig, BlockTopK, SlidingWindow, block_topk
 from pallas_kernels.paged_decode import PageList
 
@@ -53,6 +52,11 @@ def _token_mask(pages: PageList, table: np.ndarray, t: int, page_size: int, offs
     return mask
 
 
+
+def _paged(k, lengths, config: AttentionConfig):
+    """Keys k [B, T, Hkv, D] (and the same values) as a one-layer cache of config's layout, each row its own pages."""
+    return PagedLayout.of(config).from_contiguous(k[None], k[None], lengths)
+
 @pytest.mark.parametrize("config", CONFIGS, ids=AttentionConfig.describe)
 @pytest.mark.parametrize("hq,hkv", [(2, 2), (4, 2), (8, 1)])
 def test_page_lists_select_the_reference_tokens(config, hq, hkv):
@@ -61,7 +65,7 @@ def test_page_lists_select_the_reference_tokens(config, hq, hkv):
     q = jnp.asarray(rng.normal(size=(b, hq, d)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(b, t, hkv, d)), jnp.float32)
     lengths = jnp.asarray([75, 40, 13, 2], jnp.int32)
-    cache, table = _shuffled(*paged_from_contiguous(k, k, lengths, config), seed=hq)
+    cache, table = _shuffled(*_paged(k, lengths, config), seed=hq)
     ps, offset = config.cache_page_size, config.page_offset
     if config.policy.kind == "dense":
         pages = selection.dense_pages(table, lengths, ps, offset)
@@ -96,7 +100,7 @@ def test_scoring_in_chunks_and_shared_prompt_scoring_choose_what_the_reference_d
                         rng.normal(size=(b, t - 404, hkv, d))], axis=1)
     k = jnp.asarray(k, jnp.float32)
     lengths = jnp.asarray([1300, 1300, 997, 997], jnp.int32)
-    cache, table = paged_from_contiguous(k, k, lengths, config)
+    cache, table = _paged(k, lengths, config)
     shared = 101  # entries: the sink page and 100 blocks (tokens 0 .. 403)
     table = np.array(table)
     table[1, :shared] = table[0, :shared]  # the samples of a prompt point at the same prompt pages
@@ -113,7 +117,7 @@ def test_quest_score_identity_equals_the_channel_max():
     q = rng.normal(size=(2, 4, 8)).astype(np.float32)
     k = rng.normal(size=(2, 32, 2, 8)).astype(np.float32)
     config = AttentionConfig(BlockTopK(sink=0, block_size=8, block_topk=1, score="quest"))
-    cache, table = paged_from_contiguous(jnp.asarray(k), jnp.asarray(k), jnp.asarray([32, 32]), config)
+    cache, table = _paged(jnp.asarray(k), jnp.asarray([32, 32]), config)
     qbar, qabs = block_topk.group_means(jnp.asarray(q), 2, quest=True)
     width = table.shape[1]
     got = np.asarray(block_topk.block_scores(qbar[:, None], qabs[:, None], cache, jnp.int32(0), table, 0,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kinetics_jax.attention import selection
-from kinetics_jax.cache import KVCache, page_summaries
+from kinetics_jax.cache import KVCache, PagedLayout
 from kinetics_jax.policies import AttentionConfig
 from pallas_kernels.paged_decode import PageList
 from pallas_kernels.paged_decode import ops as kernels
@@ -182,33 +182,11 @@ def sparse_decode(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, 
 
     q [B, Hq, D] (rotated), k, v [B, T, Hkv, D], lengths int32[B] (tokens 0 .. length-1 are attended, the others
     ignored); config.backend "pallas" runs the kernels (in interpret mode on CPU).
-    The K/V are first laid out as a one-layer paged cache with its page summaries (a copy: this form is for
-    convenience and tests; the engine's cache is paged from the start). Returns [B, Hq, D] in q's dtype.
+    The K/V are first laid out as a one-layer paged cache with its page summaries (PagedLayout.from_contiguous,
+    a copy: this form is for convenience and tests; the engine's cache is paged from the start). Returns
+    [B, Hq, D] in q's dtype.
     """
     config = dataclasses.replace(config, dense_layers=())  # one layer
-    cache, table = paged_from_contiguous(k, v, lengths, config)
+    cache, table = PagedLayout.of(config).from_contiguous(k[None], v[None], lengths)
     out, _ = decode_attention(q, cache, jnp.int32(0), table, lengths.astype(jnp.int32), config)
     return out
-
-
-def paged_from_contiguous(k: jax.Array, v: jax.Array, lengths: jax.Array, config: AttentionConfig
-                          ) -> tuple[KVCache, jax.Array]:
-    """Lays k, v [B, T, Hkv, D] out as a one-layer cache with config's page size and offset, summaries of its
-    full pages included (tokens at or past lengths[b] are dropped). Returns (cache, page_table int32[B, M]):
-    sequence b owns pages 1 + b * M .. b * M + M (page 0 is the null page)."""
-    b, t, hkv, d = k.shape
-    ps, offset = config.cache_page_size, config.page_offset
-    width = -(-(offset + t) // ps)
-    pad = ((0, 0), (offset, width * ps - offset - t))
-    slot_valid = jnp.pad(jnp.arange(t)[None, :] < lengths[:, None], pad)  # [B, M * ps] in virtual order
-
-    def paged(x: jax.Array) -> jax.Array:  # [B, T, Hkv, D] -> [1, Hkv, 1 + B * M, ps, D]
-        x = jnp.where(slot_valid[:, :, None, None], jnp.pad(x, pad + ((0, 0), (0, 0))), 0)
-        x = x.reshape(b, width, ps, hkv, d).transpose(3, 0, 1, 2, 4).reshape(1, hkv, b * width, ps, d)
-        return jnp.pad(x, ((0, 0), (0, 0), (1, 0), (0, 0), (0, 0)))
-
-    k_pool, v_pool = paged(k), paged(v)
-    summaries = {name: jnp.swapaxes(value, 1, 2)  # [1, P, Hkv, D]; full pages are scored, the rest never read
-                 for name, value in page_summaries(k_pool, config.summaries).items()}
-    table = 1 + jnp.arange(b * width, dtype=jnp.int32).reshape(b, width)
-    return KVCache(k_pool, v_pool, **summaries), table

@@ -2,7 +2,7 @@
 
 The kernels read exactly the pages of a `PageList` (pallas_kernels.paged_decode; Triton and Mosaic have no
 top_k, so choosing happens here, between kernels). Virtual index i = token + page_offset of a sequence lives in
-page-table entry (block) i // page_size, slot i % page_size (see cache.py).
+page-table entry (block) i // page_size, slot i % page_size (see kinetics_jax.cache).
 
 - Dense and cascade reads are one list for every KV head: the page table itself and a range of its entries, so
   nothing of the table's width is built or copied.
@@ -18,14 +18,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from kinetics_jax.checks import ceil_div
 from pallas_kernels.paged_decode import PageList
 
 HeadMean = Callable[[jax.Array], jax.Array]
 """Completes per-KV-head means over query heads [B, Hkv, D] when a KV head's query group is split over devices."""
-
-
-def ceil_div(a, b):
-    return -(-a // b)
 
 
 def window(lo: jax.Array, hi: jax.Array, lo2: jax.Array | None = None, hi2: jax.Array | None = None) -> jax.Array:

@@ -5,7 +5,7 @@ compiled for a TPU or GPU target (cost/targets.py) on a machine that has neither
     report = compiled.report(request, "tpu-v5p")
     report.step.temp_bytes, report.bytes_ratio, report.step.copies
 
-The decode step is compiled the way the generate loop runs it: one `engine.decode_step` with the cache donated
+The decode step is compiled the way the generate loop runs it: one `decode.decode_step` with the cache donated
 (its loop carries the cache), the mesh's devices choosing the kernels and their split count, at a context of
 `context` cached tokens. Figures are per chip:
 
@@ -36,11 +36,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from kinetics_jax.policies import AttentionConfig
-from kinetics_jax.cache import KVCache
+from kinetics_jax.cache import KVCache, PagedLayout
 from kinetics_jax.checkpoint import layout
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.cost import analytic, hlo, targets
-from kinetics_jax.sampling import engine
+from kinetics_jax.sampling import decode, engine, request as planned
+from kinetics_jax.sampling.prefill import prefill
+from kinetics_jax.sampling.request import DecodeInputs
+from kinetics_jax.sampling.samplers import SamplingConfig
 from kinetics_jax.sharding import meshes, placement, planning
 from kinetics_jax.sharding.axes import BATCH, MESH_AXES
 
@@ -180,20 +183,20 @@ def _sds(value: np.ndarray, axes, mesh: Mesh) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=target)
 
 
-def _program(request: Request, mesh: Mesh, model: nnx.Module) -> engine.Program:
+def _program(request: Request, mesh: Mesh, model: nnx.Module) -> planned.Program:
     prompts = [np.zeros(request.prompt_len, np.int32)] * request.num_prompts
-    return engine.prepare(model, prompts, np.arange(request.num_prompts), num_samples=request.num_samples,
-                          max_new_tokens=request.max_new_tokens, sampling=engine.SamplingConfig(),
-                          attention=request.attention, eos_token_ids=(), vocab_size=request.config.vocab_size,
-                          repetition=None, cache_budget_bytes=2**62, mesh=mesh)
+    return planned.plan_program(model, prompts, np.arange(request.num_prompts), num_samples=request.num_samples,
+                                max_new_tokens=request.max_new_tokens, sampling=SamplingConfig(),
+                                attention=request.attention, eos_token_ids=(), vocab_size=request.config.vocab_size,
+                                repetition=None, cache_budget_bytes=2**62, mesh=mesh)
 
 
-def _exact_width(request: Request, program: engine.Program) -> np.ndarray:
+def _exact_width(request: Request, program: planned.Program) -> np.ndarray:
     """The program's page table cut to the pages the sequences have (generate rounds the width up to a power of
     two; the step reads only the pages it lists, but the kernels' static cost estimates count the width)."""
     a = request.attention
     width = -(-(request.context + a.page_offset) // a.cache_page_size)
-    return program.inputs["page_table"][:, :width]
+    return program.inputs.page_table[:, :width]
 
 
 def decode_step_program(request: Request, mesh: Mesh, *, counting: bool = False) -> tuple[Callable, tuple]:
@@ -206,10 +209,9 @@ def decode_step_program(request: Request, mesh: Mesh, *, counting: bool = False)
     graphdef, state = nnx.split(model)
     a = request.attention
     dtype = jnp.dtype(request.dtype)
-    replicas = meshes.kv_replicas(request.config, mesh)
-    cache = jax.eval_shape(lambda: KVCache.zeros(request.config, program.static.num_pages, a.cache_page_size, dtype,
-                                                 a.summaries, replicas))
-    axes = engine._cache_axes(cache)
+    layout = PagedLayout.of(a, meshes.kv_replicas(request.config, mesh))
+    cache = jax.eval_shape(lambda: layout.zeros(request.config, program.static.pool_pages, dtype))
+    axes = layout.axes()
     cache = KVCache(*(None if x is None else jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                   sharding=placement.sharding(ax, mesh, x.shape))
                       for x, ax in zip(cache, axes)))
@@ -218,13 +220,13 @@ def decode_step_program(request: Request, mesh: Mesh, *, counting: bool = False)
     batch = table.shape[0]
     vector = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=placement.sharding(rows, mesh))
     active = jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=placement.sharding(rows, mesh))
-    shared = _sds(program.inputs["shared_pages"], rows, mesh)
-    num_samples = program.static.num_samples
+    shared = _sds(program.inputs.shared_pages, rows, mesh)
+    num_samples = program.static.samples_per_shard
 
     positions = np.full((batch,), request.context - 1, np.int32)
     if counting:  # the rows as constants: XLA folds the policy's branch (dense / sparse) for this context
         def step(state, cache, page_table, shared_pages):
-            return engine.decode_step(nnx.merge(graphdef, state), cache, jnp.zeros((batch,), jnp.int32),
+            return decode.decode_step(nnx.merge(graphdef, state), cache, jnp.zeros((batch,), jnp.int32),
                                       positions, page_table, jnp.ones((batch,), bool), a, num_samples,
                                       shared_pages, mesh)
 
@@ -232,7 +234,7 @@ def decode_step_program(request: Request, mesh: Mesh, *, counting: bool = False)
                                                      _sds(table, (BATCH, None), mesh), shared)
 
     def step(state, cache, tokens, positions, page_table, active, shared_pages):
-        return engine.decode_step(nnx.merge(graphdef, state), cache, tokens, positions, page_table, active, a,
+        return decode.decode_step(nnx.merge(graphdef, state), cache, tokens, positions, page_table, active, a,
                                   num_samples, shared_pages, mesh)
 
     args = (_abstract_state(model, mesh), cache, vector, vector, _sds(table, (BATCH, None), mesh),
@@ -247,11 +249,11 @@ def prefill_program(request: Request, mesh: Mesh) -> tuple[Callable, tuple]:
     graphdef, state = nnx.split(model)
 
     def run(state, prompt_ids, prompt_lengths, writes):
-        return engine.prefill(nnx.merge(graphdef, state), prompt_ids, prompt_lengths, writes,
-                              program.static.num_pages, request.attention, mesh)
+        return prefill(nnx.merge(graphdef, state), prompt_ids, prompt_lengths, writes, program.static.pool_pages,
+                       request.attention, mesh)
 
-    inputs = program.inputs
-    args = (_abstract_state(model, mesh),) + tuple(_sds(inputs[name], engine.INPUT_AXES[name], mesh)
+    inputs, axes = program.inputs, DecodeInputs.axes()
+    args = (_abstract_state(model, mesh),) + tuple(_sds(getattr(inputs, name), getattr(axes, name), mesh)
                                                    for name in ("prompt_ids", "prompt_lengths", "writes"))
     return jax.jit(run), args
 
@@ -262,10 +264,10 @@ def generate_program(request: Request, mesh: Mesh) -> tuple[Callable, tuple, dic
     model = _abstract_model(request, unroll=False)
     program = _program(request, mesh, model)
     state = _abstract_state(model, mesh)
-    inputs = {name: _sds(value, engine.INPUT_AXES[name], mesh) for name, value in program.inputs.items()}
+    inputs = DecodeInputs(*(_sds(value, axes, mesh) for value, axes in zip(program.inputs, DecodeInputs.axes())))
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=placement.replicated(mesh))
     fn = jax.jit(functools.partial(engine._generate_impl, program.static))  # _generate_jit with static bound
-    return fn, (state,), dict(inputs, max_new_tokens=scalar, seed=scalar)
+    return fn, (state, inputs), dict(max_new_tokens=scalar, seed=scalar)
 
 
 # ------------------------------------------------------------------------------------------------ analysis

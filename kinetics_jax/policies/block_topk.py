@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kinetics_jax.checks import ceil_div
 from kinetics_jax.policies.base import Policy, register
 
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
     offset = policy.page_offset(ps)
     rows, width = page_table.shape
     hkv = cache.k.shape[1]
-    sink_pages = selection.ceil_div(policy.sink, ps)
+    sink_pages = ceil_div(policy.sink, ps)
     chosen = min(policy.block_topk, max(width - sink_pages, 0))
     n = lengths.astype(jnp.int32)
     n_full = policy.candidate_blocks(n, jnp)
@@ -199,7 +200,7 @@ def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
                                        num_samples, shared_pages)
         parts.append(sink_pages + best)
         valid_parts.append(best_valid)
-    local = sink_pages + n_full[:, None, None] + jnp.arange(selection.ceil_div(policy.local + ps - 1, ps),
+    local = sink_pages + n_full[:, None, None] + jnp.arange(ceil_div(policy.local + ps - 1, ps),
                                                             dtype=jnp.int32)
     local = jnp.broadcast_to(local, (rows, hkv, local.shape[-1]))
     parts.append(local)
@@ -218,8 +219,6 @@ def _top_blocks(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.
     sink (shared_pages) are scored first, from one read of their summaries for its num_samples rows."""
     import jax
     import jax.numpy as jnp
-
-    from kinetics_jax.attention import selection
 
     b, _, d = q.shape
     hkv = cache.k.shape[1]
@@ -254,7 +253,7 @@ def _top_blocks(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.
             scores = jnp.where(index < limit[:, :, None, None], scores, -jnp.inf).reshape(b, hkv, chunk)
             return merge(state, scores, index)
 
-        state = jax.lax.fori_loop(0, selection.ceil_div(jnp.max(shared_end), chunk), shared_body, state)
+        state = jax.lax.fori_loop(0, ceil_div(jnp.max(shared_end), chunk), shared_body, state)
 
     def own_body(i, state):
         index = i * chunk + step
@@ -266,6 +265,6 @@ def _top_blocks(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.
 
     # Chunks are aligned at candidate 0 for every row: the rows' prompt parts (scored above) read nothing here.
     start = jnp.min(shared_end) // chunk
-    values, best = jax.lax.fori_loop(start, selection.ceil_div(jnp.max(n_full), chunk), own_body, state)
+    values, best = jax.lax.fori_loop(start, ceil_div(jnp.max(n_full), chunk), own_body, state)
     best = jnp.sort(jnp.where(values > -jnp.inf, best, width), axis=-1)  # width: no candidate
     return best.astype(jnp.int32), best < width

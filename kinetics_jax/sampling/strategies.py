@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 from kinetics_jax.checks import checked_int
 from kinetics_jax.model import Qwen3ForCausalLM
-from kinetics_jax.sampling.engine import GenerationResult, RepetitionStop, generate
+from kinetics_jax.sampling.engine import GenerationResult, generate
+from kinetics_jax.sampling.stops import RepetitionStop
 
 
 def best_of_n(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], n: int, *, max_new_tokens: int,

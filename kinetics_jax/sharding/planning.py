@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, Mesh
 
 from kinetics_jax.policies import AttentionConfig
-from kinetics_jax.cache import CachePlan
+from kinetics_jax.cache import CachePlan, PagedLayout
 from kinetics_jax.checkpoint import layout
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.sharding.axes import MESH_AXES, MODEL, partition_spec
@@ -64,32 +64,32 @@ def request_plans(prompt_lengths: Sequence[int], num_samples: int, max_new_token
     """The data split of a request and each shard's cache plan (local page ids, pools rounded to 64 pages)."""
     split = DataSplit.of(len(prompt_lengths), num_samples, data_shards)
     padded = split.pad(prompt_lengths)
-    plans = [CachePlan.for_request([padded[i] for i in split.shard_rows(d)[0]], split.samples_per_shard,
-                                   max_new_tokens, attention.cache_page_size, page_offset=attention.page_offset,
-                                   pad_pages_to=64) for d in range(split.shards)]
+    layout = PagedLayout.of(attention)
+    plans = [layout.plan([padded[i] for i in split.shard_rows(d)[0]], split.samples_per_shard, max_new_tokens,
+                         pad_pages_to=64) for d in range(split.shards)]
     return split, plans
 
 
 def cache_pages_per_shard(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens: int,
                           attention: AttentionConfig, data_shards: int) -> int:
     """The pool size (pages) of each data shard's cache, as request_plans plans it, in closed form: O(prompts),
-    nothing per sample (CachePlan.pool_pages per prompt group; every shard is sized like the largest), so an
+    nothing per sample (PagedLayout.pool_pages per prompt group; every shard is sized like the largest), so an
     absurd request is sized, and refused, at once."""
     split = DataSplit.of(len(prompt_lengths), num_samples, data_shards)
     padded = split.pad(list(prompt_lengths))
-    return max(CachePlan.pool_pages([padded[i] for i in split.shard_rows(g * split.sample_groups)[0]],
-                                    split.samples_per_shard, max_new_tokens, attention.cache_page_size,
-                                    page_offset=attention.page_offset, pad_pages_to=64)
+    layout = PagedLayout.of(attention)
+    return max(layout.pool_pages([padded[i] for i in split.shard_rows(g * split.sample_groups)[0]],
+                                 split.samples_per_shard, max_new_tokens, pad_pages_to=64)
                for g in range(split.prompt_groups))
 
 
 def kv_cache_bytes_per_device(pages: int, config: Qwen3Config, dtype: Any, attention: AttentionConfig,
                               mesh: Mesh | AbstractMesh) -> int:
     """Bytes of KV cache each device holds for a pool of `pages` pages per data shard (cache_pages_per_shard):
-    K, V and the policy's page summaries (CachePlan.pool_bytes), its KV heads split over "model" (with their
+    K, V and the policy's page summaries (PagedLayout.pool_bytes), its KV heads split over "model" (with their
     copies, see meshes.kv_replicas)."""
-    pool = CachePlan.pool_bytes(pages, attention.cache_page_size, config, dtype, len(attention.summaries))
-    return pool * kv_replicas(config, mesh) // mesh.shape[MODEL]
+    layout = PagedLayout.of(attention, kv_replicas(config, mesh))
+    return layout.pool_bytes(config, pages, dtype) // mesh.shape[MODEL]
 
 
 def param_bytes_per_device(model: nnx.Module, mesh: Mesh | AbstractMesh) -> int:

@@ -8,7 +8,7 @@ Shapes (R = independent row groups, Hkv = KV heads, S = list length, L = layers,
 
 A list entry j of (r, h) names a block b = pages.blocks[r, h', j] (h' = h, or 0 when the list is shared by every
 KV head; b = j when blocks is None): a position in row r's page table, whose page pages.table[r, b] holds the
-sequence's virtual token indices b * page_size .. b * page_size + page_size - 1 (see kinetics_jax/cache.py).
+sequence's virtual token indices b * page_size .. b * page_size + page_size - 1 (see kinetics_jax/cache/layout.py).
 Slot t of the entry is read iff b * page_size + t lies in the row's window [w0, w1) or [w2, w3). Only the
 entries start[r, h'] .. end[r, h'] - 1 are read: the others (and every other page, slot and layer) may hold
 anything, NaN included.
