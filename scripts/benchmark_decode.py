@@ -257,9 +257,10 @@ def _sweep() -> None:
             "decode attention of one layer")
     print(f"\n{what}, {_SHAPE.value} shapes (Hq {config.num_attention_heads}, Hkv {config.num_key_value_heads}, "
           f"D {config.head_dim}), {_DTYPE.value}, device: {_device()}")
-    print(f"{'context':>7} | {'batch':>5} | {'variant':<22} | {'ms/step':>10} | {unit:>10} | vs first")
+    width = max([22] + [len(row[2]) for row in rows])
+    print(f"{'context':>7} | {'batch':>5} | {'variant':<{width}} | {'ms/step':>10} | {unit:>10} | vs first")
     for context, batch, name, cells in rows:
-        print(f"{context:>7} | {batch:>5} | {name:<22} | {cells}")
+        print(f"{context:>7} | {batch:>5} | {name:<{width}} | {cells}")
 
 
 def _transformers_comparison() -> None:

@@ -27,6 +27,7 @@ REQUESTS = {
     "block_topk_8x128": (dataclasses.replace(BLOCK, policy=kj.policies.BlockTopK(block_size=8, block_topk=128)), 8, 1),
     "cascade": (kj.AttentionConfig(backend="pallas"), 2, 4),
     "block_topk_shared_prompt": (BLOCK, 2, 4),
+    "strided_block_topk": (dataclasses.replace(BLOCK, policy=kj.policies.StridedBlockTopK(block_topk=64)), 8, 1),
 }
 
 

@@ -17,7 +17,7 @@ from kinetics_jax.model.attention import causal_attention
 from kinetics_jax.sampling import SamplingConfig, generate
 from kinetics_jax.sampling.decode import decode_step
 from kinetics_jax.sampling.prefill import prefill
-from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow
+from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow, StridedBlockTopK
 
 GREEDY = SamplingConfig.greedy_config()
 BLOCK = AttentionConfig(BlockTopK(sink=4, local=0, block_size=16, block_topk=1))
@@ -27,6 +27,7 @@ POLICIES = [
     AttentionConfig(BlockTopK(sink=5, local=7, block_size=16, block_topk=1, score="quest"), backend="pallas"),
     AttentionConfig(OracleTopK(sink=4, local=4, topk=8)),
     AttentionConfig(SlidingWindow(sink=4, local=12), backend="pallas", dense_layers=()),
+    AttentionConfig(StridedBlockTopK(sink=5, local=3, block_size=8, block_topk=2)),
 ]
 
 
@@ -116,6 +117,10 @@ def _attended(config: AttentionConfig, layer: int, lengths: np.ndarray) -> int:
         if config.policy.kind == "block_topk":
             n_full = max(n - config.policy.local - config.policy.sink, 0) // config.policy.block_size
             total += n - max(n_full - config.policy.block_topk, 0) * config.policy.block_size
+        elif config.policy.kind == "strided_block_topk":  # 2 x block_topk half-block pages kept once active
+            stride = config.policy.block_size // 2
+            n_full = max(n - config.policy.local - config.policy.sink, 0) // stride
+            total += n - max(n_full - 2 * config.policy.block_topk, 0) * stride
         else:
             total += min(n, config.policy.budget)
     return total

@@ -34,7 +34,7 @@ def test_defaults_and_budgets():
     AttentionConfig(BlockTopK(block_topk=256, block_size=8), backend="pallas")  # the paper's 8 x 256
     assert AttentionConfig(dense_layers=[0, 3]).dense_layers == (0, 3)
     hash(AttentionConfig(BlockTopK(block_topk=2)))  # a static jit argument
-    assert set(REGISTRY) == {"dense", "topk", "block_topk", "sliding_window"}
+    assert set(REGISTRY) == {"dense", "topk", "block_topk", "strided_block_topk", "sliding_window"}
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.label())

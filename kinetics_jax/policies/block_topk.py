@@ -78,12 +78,7 @@ class BlockTopK(Policy):
 
     @classmethod
     def from_tokens(cls, tokens: int, fields: dict[str, Any]) -> "BlockTopK":
-        block_size = fields.pop("block_size", 16)
-        if isinstance(block_size, int) and block_size > 0 and tokens % block_size:
-            raise ValueError(f"block_topk-{tokens}: {tokens} tokens is not a whole number of {block_size}-token "
-                             f"blocks")
-        return cls(block_topk=tokens // block_size if isinstance(block_size, int) and block_size > 0 else tokens,
-                   block_size=block_size, **fields)
+        return cls(**whole_blocks(cls, tokens, fields))
 
     def candidate_blocks(self, n: Any, xp: Any = np) -> Any:
         """Full middle blocks at context n (the candidates)."""
@@ -141,6 +136,19 @@ class BlockTopK(Policy):
         pages = block_topk_pages(q, step.cache, step.layer, step.page_table, step.lengths, self, step.head_mean,
                                  step.num_samples, step.shared_pages)
         return step.read(q, pages), pages.tokens(step.page_size)[:, 0]
+
+
+def whole_blocks(cls: type[Policy], tokens: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a block policy named by `tokens` = block_size x block_topk (a label's <tokens>); the label
+    is refused when tokens is not a whole number of blocks (a bad block_size is left to the policy's check)."""
+    block_size = fields.pop("block_size", cls.__dataclass_fields__["block_size"].default)
+    blocks = tokens
+    if isinstance(block_size, int) and block_size > 0:
+        if tokens % block_size:
+            raise ValueError(f"{cls.kind}-{tokens}: {tokens} tokens is not a whole number of {block_size}-token "
+                             f"blocks")
+        blocks = tokens // block_size
+    return {"block_topk": blocks, "block_size": block_size, **fields}
 
 
 def group_means(q: jax.Array, num_kv_heads: int, quest: bool, head_mean: HeadMean | None = None
@@ -210,6 +218,22 @@ def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
                                     selection.window(jnp.full_like(n, offset), n + offset))
 
 
+def merge_top(state: tuple[jax.Array, jax.Array], scores: jax.Array, index: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+    """Folds scores float32[B, Hkv, C] of candidates index int32[C] (-inf: none) into a running top-k state
+    (values float32[B, Hkv, k], indices int32[B, Hkv, k]): a stable sort by score (ties keep the lower index,
+    as lax.top_k), no gather."""
+    import jax
+    import jax.numpy as jnp
+
+    values, best = state
+    k = values.shape[-1]
+    index = jnp.broadcast_to(index, scores.shape)
+    neg, ids = jax.lax.sort((-jnp.concatenate([values, scores], axis=-1), jnp.concatenate([best, index], axis=-1)),
+                            dimension=-1, num_keys=1, is_stable=True)
+    return -neg[..., :k], ids[..., :k]
+
+
 def _top_blocks(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, first: int,
                 n_full: jax.Array, chosen: int, head_mean: HeadMean | None, num_samples: int,
                 shared_pages: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -227,15 +251,6 @@ def _top_blocks(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.
     chunk = min(SCORE_CHUNK, max(width - first, 1))
     step = jnp.arange(chunk, dtype=jnp.int32)
 
-    def merge(state, scores, index):
-        """Folds scores float32[B, Hkv, C] of candidates index int32[C] (-inf: none) into the running top-k:
-        a stable sort by score (ties keep the lower index, as lax.top_k), no gather."""
-        values, best = state
-        index = jnp.broadcast_to(index, scores.shape)
-        neg, ids = jax.lax.sort((-jnp.concatenate([values, scores], axis=-1), jnp.concatenate([best, index], axis=-1)),
-                                dimension=-1, num_keys=1, is_stable=True)
-        return -neg[..., :chosen], ids[..., :chosen]
-
     state = (jnp.full((b, hkv, chosen), -jnp.inf, jnp.float32), jnp.zeros((b, hkv, chosen), jnp.int32))
     shared_end = jnp.zeros_like(n_full)
     if num_samples > 1 and shared_pages is not None:
@@ -251,7 +266,7 @@ def _top_blocks(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.
                                   jnp.zeros_like(hi), hi, chunk)                           # [P, N, Hkv, C]
             index = i * chunk + step
             scores = jnp.where(index < limit[:, :, None, None], scores, -jnp.inf).reshape(b, hkv, chunk)
-            return merge(state, scores, index)
+            return merge_top(state, scores, index)
 
         state = jax.lax.fori_loop(0, ceil_div(jnp.max(shared_end), chunk), shared_body, state)
 
@@ -261,7 +276,7 @@ def _top_blocks(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.
         hi = jnp.clip(n_full - i * chunk, 0, chunk)
         scores = block_scores(qbar[:, None], None if qabs is None else qabs[:, None], cache, layer, page_table,
                               first + i * chunk, lo, hi, chunk)[:, 0]
-        return merge(state, scores, index)
+        return merge_top(state, scores, index)
 
     # Chunks are aligned at candidate 0 for every row: the rows' prompt parts (scored above) read nothing here.
     start = jnp.min(shared_end) // chunk
