@@ -99,7 +99,7 @@ def test_windows_scored_in_chunks_choose_what_the_reference_does():
 
 def test_counts_layout_and_label():
     policy = StridedBlockTopK(block_topk=4, block_size=16)
-    assert (policy.tokens, policy.budget, policy.stride, policy.pages_kept) == (64, 68, 8, 8)
+    assert (policy.tokens, policy.budget, policy.stride, policy.kept_pages) == (64, 68, 8, 8)
     config = AttentionConfig(policy)
     assert (config.cache_page_size, config.page_offset, config.summaries) == (8, 4, ("k_mean",))
     n = np.arange(1, 200)

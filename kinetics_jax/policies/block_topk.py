@@ -34,26 +34,103 @@ SCORE_CHUNK = 64  # candidate blocks scored per loop iteration
 SCORES = ("mean", "quest")
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class BlockTopK(Policy):
-    """sink + local + block_size x block_topk tokens per step once active. Label: block_topk-<tokens> with
-    tokens = block_size x block_topk (a whole number of blocks)."""
+class BlockPolicy(Policy):
+    """Base of the block policies (not registered): the middle [sink, n - local) is cut into cache pages of
+    `page_size` tokens aligned right after the sink; once the middle has more than `kept_pages` full pages, a
+    step keeps `kept_pages` of them (block_size x block_topk tokens), plus the sink, the local window and the
+    trailing partial page. Label: <kind>-<tokens> with tokens = block_size x block_topk (whole blocks)."""
 
-    kind = "block_topk"
     budget_field = "block_topk"
-    int_fields = {"block_topk": 1, "block_size": 1, "sink": 0, "local": 0}
     why = {"block_topk": "a budget of 0 attends nothing"}
     block_topk: int
     block_size: int = 16
     sink: int = 4
     local: int = 0
-    score: str = "mean"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.block_size & (self.block_size - 1):
-            raise self.error("block_size", "must be a power of two (a block is one KV cache page)")
+            raise self.error("block_size", "must be a power of two (blocks are whole KV cache pages)")
+
+    @property
+    def kept_pages(self) -> int:
+        """Full middle pages a step keeps once active."""
+        return self.block_size * self.block_topk // self.page_size
+
+    @property
+    def budget(self) -> int:
+        return self.sink + self.local + self.block_size * self.block_topk
+
+    @property
+    def tokens(self) -> int:
+        return self.block_size * self.block_topk
+
+    @classmethod
+    def from_tokens(cls, tokens: int, fields: dict[str, Any]) -> "BlockPolicy":
+        """The policy of <tokens> = block_size x block_topk; refused when tokens is not a whole number of blocks
+        (a bad block_size is left to the policy's own check)."""
+        block_size = fields.pop("block_size", cls.__dataclass_fields__["block_size"].default)
+        blocks = tokens
+        if isinstance(block_size, int) and block_size > 0:
+            if tokens % block_size:
+                raise ValueError(f"{cls.kind}-{tokens}: {tokens} tokens is not a whole number of "
+                                 f"{block_size}-token blocks")
+            blocks = tokens // block_size
+        return cls(block_topk=blocks, block_size=block_size, **fields)
+
+    def candidate_blocks(self, n: Any, xp: Any = np) -> Any:
+        """Full middle pages at context n (the ones scored)."""
+        return xp.maximum(n - self.local - self.sink, 0) // self.page_size
+
+    def attended(self, n: Any, xp: Any = np) -> Any:
+        return n - xp.maximum(self.candidate_blocks(n, xp) - self.kept_pages, 0) * self.page_size
+
+    @property
+    def page_size(self) -> int:
+        raise NotImplementedError
+
+    def page_offset(self, page_size: int) -> int:
+        """Pages are shifted so that the middle, which starts right after the sink, is whole pages."""
+        return (-self.sink) % self.page_size
+
+    def page_list(self, page_table: jax.Array, n: jax.Array, middle: jax.Array, middle_valid: jax.Array
+                  ) -> PageList:
+        """The page list of the sink pages, the middle pages `middle` int32[B, Hkv, S] (j: the middle's page j,
+        page-table entry sink_pages + j; read where middle_valid bool[B, Hkv, S]; S may be 0) and the local pages
+        (the local window and the trailing partial page), for page_table int32[B, W], n int32[B] cached tokens."""
+        import jax.numpy as jnp
+
+        from kinetics_jax.attention import selection
+
+        ps, offset = self.page_size, self.page_offset(self.page_size)
+        rows, hkv = middle.shape[:2]
+        sink_pages = ceil_div(self.sink, ps)
+        parts = [jnp.broadcast_to(jnp.arange(sink_pages, dtype=jnp.int32), (rows, hkv, sink_pages)),
+                 sink_pages + middle]
+        valid_parts = [parts[0] * ps < (n + offset)[:, None, None], middle_valid]
+        local = (sink_pages + self.candidate_blocks(n, jnp)[:, None, None]
+                 + jnp.arange(ceil_div(self.local + ps - 1, ps), dtype=jnp.int32))
+        local = jnp.broadcast_to(local, (rows, hkv, local.shape[-1]))
+        parts.append(local)
+        valid_parts.append(local * ps < (n + offset)[:, None, None])
+        return selection.explicit_pages(page_table, jnp.concatenate(parts, axis=-1),
+                                        jnp.concatenate(valid_parts, axis=-1),
+                                        selection.window(jnp.full_like(n, offset), n + offset))
+
+
+@register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BlockTopK(BlockPolicy):
+    """sink + local + block_size x block_topk tokens per step once active: the block_topk best blocks, each one
+    cache page. Label: block_topk-<tokens> with tokens = block_size x block_topk (a whole number of blocks)."""
+
+    kind = "block_topk"
+    int_fields = {"block_topk": 1, "block_size": 1, "sink": 0, "local": 0}
+    score: str = "mean"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.score not in SCORES:
             raise self.error("score", f"must be one of {SCORES}")
 
@@ -68,25 +145,6 @@ class BlockTopK(Policy):
         ("quest")."""
         return 2 if self.score == "mean" else 4
 
-    @property
-    def budget(self) -> int:
-        return self.sink + self.local + self.block_size * self.block_topk
-
-    @property
-    def tokens(self) -> int:
-        return self.block_size * self.block_topk
-
-    @classmethod
-    def from_tokens(cls, tokens: int, fields: dict[str, Any]) -> "BlockTopK":
-        return cls(**whole_blocks(cls, tokens, fields))
-
-    def candidate_blocks(self, n: Any, xp: Any = np) -> Any:
-        """Full middle blocks at context n (the candidates)."""
-        return xp.maximum(n - self.local - self.sink, 0) // self.block_size
-
-    def attended(self, n: Any, xp: Any = np) -> Any:
-        return n - xp.maximum(self.candidate_blocks(n, xp) - self.block_topk, 0) * self.block_size
-
     def prompt_blocks(self, prompt_len: int, page_size: int) -> int:
         """Full pages of a prompt past the sink pages: the candidates its samples share."""
         sink_pages = -(-self.sink // self.block_size)
@@ -95,10 +153,6 @@ class BlockTopK(Policy):
     @property
     def page_size(self) -> int:
         return self.block_size
-
-    def page_offset(self, page_size: int) -> int:
-        """Pages are shifted so that blocks, which start right after the sink, are whole pages."""
-        return (-self.sink) % self.block_size
 
     def keep_mask(self, q, k, lengths):
         import jax.numpy as jnp
@@ -136,19 +190,6 @@ class BlockTopK(Policy):
         pages = block_topk_pages(q, step.cache, step.layer, step.page_table, step.lengths, self, step.head_mean,
                                  step.num_samples, step.shared_pages)
         return step.read(q, pages), pages.tokens(step.page_size)[:, 0]
-
-
-def whole_blocks(cls: type[Policy], tokens: int, fields: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a block policy named by `tokens` = block_size x block_topk (a label's <tokens>); the label
-    is refused when tokens is not a whole number of blocks (a bad block_size is left to the policy's check)."""
-    block_size = fields.pop("block_size", cls.__dataclass_fields__["block_size"].default)
-    blocks = tokens
-    if isinstance(block_size, int) and block_size > 0:
-        if tokens % block_size:
-            raise ValueError(f"{cls.kind}-{tokens}: {tokens} tokens is not a whole number of {block_size}-token "
-                             f"blocks")
-        blocks = tokens // block_size
-    return {"block_topk": blocks, "block_size": block_size, **fields}
 
 
 def group_means(q: jax.Array, num_kv_heads: int, quest: bool, head_mean: HeadMean | None = None
@@ -191,31 +232,17 @@ def block_topk_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
     prompt's (their summaries are read once for the prompt's samples)."""
     import jax.numpy as jnp
 
-    from kinetics_jax.attention import selection
-
     ps = policy.block_size
-    offset = policy.page_offset(ps)
-    rows, width = page_table.shape
-    hkv = cache.k.shape[1]
+    width = page_table.shape[1]
     sink_pages = ceil_div(policy.sink, ps)
     chosen = min(policy.block_topk, max(width - sink_pages, 0))
     n = lengths.astype(jnp.int32)
-    n_full = policy.candidate_blocks(n, jnp)
-    parts = [jnp.broadcast_to(jnp.arange(sink_pages, dtype=jnp.int32), (rows, hkv, sink_pages))]
-    valid_parts = [parts[0] * ps < (n + offset)[:, None, None]]
-    if chosen:
-        best, best_valid = _top_blocks(q, cache, layer, page_table, sink_pages, n_full, chosen, head_mean,
-                                       num_samples, shared_pages)
-        parts.append(sink_pages + best)
-        valid_parts.append(best_valid)
-    local = sink_pages + n_full[:, None, None] + jnp.arange(ceil_div(policy.local + ps - 1, ps),
-                                                            dtype=jnp.int32)
-    local = jnp.broadcast_to(local, (rows, hkv, local.shape[-1]))
-    parts.append(local)
-    valid_parts.append(local * ps < (n + offset)[:, None, None])
-    return selection.explicit_pages(page_table, jnp.concatenate(parts, axis=-1),
-                                    jnp.concatenate(valid_parts, axis=-1),
-                                    selection.window(jnp.full_like(n, offset), n + offset))
+    if not chosen:
+        none = jnp.zeros((page_table.shape[0], cache.k.shape[1], 0), jnp.int32)
+        return policy.page_list(page_table, n, none, none > 0)
+    best, best_valid = _top_blocks(q, cache, layer, page_table, sink_pages, policy.candidate_blocks(n, jnp), chosen,
+                                   head_mean, num_samples, shared_pages)
+    return policy.page_list(page_table, n, best, best_valid)
 
 
 def merge_top(state: tuple[jax.Array, jax.Array], scores: jax.Array, index: jax.Array

@@ -27,13 +27,11 @@ scoring), and the cost model prices it so (`prompt_blocks` is 0).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from kinetics_jax.checks import ceil_div
-from kinetics_jax.policies.base import Policy, register
-from kinetics_jax.policies.block_topk import SCORE_CHUNK, block_scores, group_means, merge_top, whole_blocks
+from kinetics_jax.policies.base import register
+from kinetics_jax.policies.block_topk import SCORE_CHUNK, BlockPolicy, block_scores, group_means, merge_top
 
 if TYPE_CHECKING:
     import jax
@@ -45,25 +43,16 @@ if TYPE_CHECKING:
 
 @register
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StridedBlockTopK(Policy):
-    """sink + local + block_size x block_topk tokens (+ the trailing partial page) per step once active. Label:
-    strided_block_topk-<tokens> with tokens = block_size x block_topk (a whole number of blocks)."""
+class StridedBlockTopK(BlockPolicy):
+    """sink + local + block_size x block_topk tokens (+ the trailing partial page) per step once active: the
+    lowest kept_pages = 2 x block_topk pages of block_size / 2 of the union of the best 2 x block_topk windows.
+    Label: strided_block_topk-<tokens> with tokens = block_size x block_topk (a whole number of blocks)."""
 
     kind = "strided_block_topk"
-    budget_field = "block_topk"
     summaries = ("k_mean",)
     scoring_flops = 2  # qbar . mean key per scored page and KV-head channel (window means: 2 FLOPs per head, left out)
     int_fields = {"block_topk": 1, "block_size": 2, "sink": 0, "local": 0}
-    why = {"block_topk": "a budget of 0 attends nothing", "block_size": "a block is two pages of block_size / 2"}
-    block_topk: int
-    block_size: int = 16
-    sink: int = 4
-    local: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.block_size & (self.block_size - 1):
-            raise self.error("block_size", "must be a power of two (a block is two KV cache pages)")
+    why = {**BlockPolicy.why, "block_size": "a block is two pages of block_size / 2"}
 
     @property
     def stride(self) -> int:
@@ -71,36 +60,8 @@ class StridedBlockTopK(Policy):
         return self.block_size // 2
 
     @property
-    def pages_kept(self) -> int:
-        """Middle pages a step keeps once active: the budget's block_topk x block_size tokens."""
-        return 2 * self.block_topk
-
-    @property
-    def budget(self) -> int:
-        return self.sink + self.local + self.block_size * self.block_topk
-
-    @property
-    def tokens(self) -> int:
-        return self.block_size * self.block_topk
-
-    @classmethod
-    def from_tokens(cls, tokens: int, fields: dict[str, Any]) -> "StridedBlockTopK":
-        return cls(**whole_blocks(cls, tokens, fields))
-
-    def candidate_blocks(self, n: Any, xp: Any = np) -> Any:
-        """Full middle pages at context n: the pages scored (each once; the windows are pairs of them)."""
-        return xp.maximum(n - self.local - self.sink, 0) // self.stride
-
-    def attended(self, n: Any, xp: Any = np) -> Any:
-        return n - xp.maximum(self.candidate_blocks(n, xp) - self.pages_kept, 0) * self.stride
-
-    @property
     def page_size(self) -> int:
         return self.stride
-
-    def page_offset(self, page_size: int) -> int:
-        """Pages are shifted so that the middle, which starts right after the sink, is whole pages."""
-        return (-self.sink) % self.stride
 
     def keep_mask(self, q, k, lengths):
         import jax.numpy as jnp
@@ -111,7 +72,7 @@ class StridedBlockTopK(Policy):
         t = jnp.arange(t_max)[None, None, :]
         n = lengths[:, None, None]
         valid = jnp.broadcast_to(t < n, (b, hkv, t_max))
-        ps, kept = self.stride, self.pages_kept
+        ps, kept = self.stride, self.kept_pages
         num_pages = max(t_max - self.sink, 0) // ps
         if num_pages <= kept:  # no sequence that fits can be active
             return valid
@@ -139,7 +100,7 @@ class StridedBlockTopK(Policy):
 
 def strided_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
                   policy: StridedBlockTopK, head_mean: HeadMean | None = None) -> PageList:
-    """Per KV head: the sink pages, the kept middle pages (the lowest pages_kept of the union of the best
+    """Per KV head: the sink pages, the kept middle pages (the lowest kept_pages of the union of the best
     2 x block_topk windows; every full page while inactive) and the local pages (local window and partial page).
     q [B, Hq, D]; page_table int32[B, W] of a cache laid out with page size policy.stride and
     policy.page_offset, so that the sink fills pages 0 .. sink_pages - 1 and middle page j is entry
@@ -147,42 +108,27 @@ def strided_pages(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: ja
     import jax
     import jax.numpy as jnp
 
-    from kinetics_jax.attention import selection
-
-    ps, kept = policy.stride, policy.pages_kept
-    offset = policy.page_offset(ps)
+    kept = policy.kept_pages
     rows, width = page_table.shape
     hkv = cache.k.shape[1]
-    sink_pages = ceil_div(policy.sink, ps)
+    sink_pages = ceil_div(policy.sink, policy.stride)
     n = lengths.astype(jnp.int32)
     n_full = policy.candidate_blocks(n, jnp)
-    parts = [jnp.broadcast_to(jnp.arange(sink_pages, dtype=jnp.int32), (rows, hkv, sink_pages))]
-    valid_parts = [parts[0] * ps < (n + offset)[:, None, None]]
     middle = min(kept, max(width - sink_pages, 0))
-    if middle:
-        every = jnp.broadcast_to(jnp.arange(middle, dtype=jnp.int32), (rows, hkv, middle))
-        blocks, valid = every, every < n_full[:, None, None]
-        windows = min(kept, max(width - sink_pages - 1, 0))
-        if windows:  # rows past the threshold keep the union's lowest pages
-            starts, ok = _top_windows(q, cache, layer, page_table, sink_pages, n_full, windows, head_mean)
-            pairs = jnp.stack([starts, starts + 1], axis=-1).reshape(rows, hkv, 2 * windows)  # non-decreasing
-            earlier = jnp.concatenate([jnp.full_like(pairs[..., :1], -1), pairs[..., :-1]], axis=-1)
-            new = jnp.repeat(ok, 2, axis=-1) & (pairs != earlier)
-            new = new & (jnp.cumsum(new, axis=-1) <= kept)
-            _, union = jax.lax.sort((~new, jnp.where(new, pairs, 0)), dimension=-1, num_keys=1, is_stable=True)
-            count = jnp.sum(new, axis=-1, keepdims=True)
-            active = (n_full > kept)[:, None, None]
-            blocks = jnp.where(active, union[..., :middle], every)
-            valid = jnp.where(active, every < count, valid)
-        parts.append(sink_pages + blocks)
-        valid_parts.append(valid)
-    local = sink_pages + n_full[:, None, None] + jnp.arange(ceil_div(policy.local + ps - 1, ps), dtype=jnp.int32)
-    local = jnp.broadcast_to(local, (rows, hkv, local.shape[-1]))
-    parts.append(local)
-    valid_parts.append(local * ps < (n + offset)[:, None, None])
-    return selection.explicit_pages(page_table, jnp.concatenate(parts, axis=-1),
-                                    jnp.concatenate(valid_parts, axis=-1),
-                                    selection.window(jnp.full_like(n, offset), n + offset))
+    every = jnp.broadcast_to(jnp.arange(middle, dtype=jnp.int32), (rows, hkv, middle))
+    windows = min(kept, max(width - sink_pages - 1, 0))
+    if not windows:  # no row can be past the threshold: every full page (none when the table has no middle)
+        return policy.page_list(page_table, n, every, every < n_full[:, None, None])
+    starts, ok = _top_windows(q, cache, layer, page_table, sink_pages, n_full, windows, head_mean)
+    pairs = jnp.stack([starts, starts + 1], axis=-1).reshape(rows, hkv, 2 * windows)  # non-decreasing
+    earlier = jnp.concatenate([jnp.full_like(pairs[..., :1], -1), pairs[..., :-1]], axis=-1)
+    new = jnp.repeat(ok, 2, axis=-1) & (pairs != earlier)
+    new = new & (jnp.cumsum(new, axis=-1) <= kept)  # the union's lowest pages, up to the budget
+    _, union = jax.lax.sort((~new, jnp.where(new, pairs, 0)), dimension=-1, num_keys=1, is_stable=True)
+    count = jnp.sum(new, axis=-1, keepdims=True)
+    active = (n_full > kept)[:, None, None]  # below the threshold: every full page
+    return policy.page_list(page_table, n, jnp.where(active, union[..., :middle], every),
+                            jnp.where(active, every < count, every < n_full[:, None, None]))
 
 
 def _top_windows(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, first: int,
