@@ -1,4 +1,5 @@
-"""Decode benchmarks: attention per step, the whole model's decode at long context, and generate vs transformers.
+"""Decode benchmarks: attention per step, the whole model's decode at long context, and the capacity check
+(generate against transformers, and the continuous engine, are scripts/benchmark_engine.py).
 
     # one layer of decode attention at Qwen3-8B head shapes (selection + kernel), per step
     python scripts/benchmark_decode.py --mode=attention --context=4096,16384,32768,65536 --batch=1,16,64 \
@@ -6,8 +7,6 @@
     # the whole model's decode step (every layer, MLP, logits, greedy pick) on a cache of --context tokens
     python scripts/benchmark_decode.py --mode=model --shape=qwen3-8b --layers=4 --context=32768 --batch=64 \
         --attention=dense@pallas,block_topk-1024@pallas
-    # kinetics_jax generate against transformers generate, same shapes (prefill included)
-    python scripts/benchmark_decode.py --mode=transformers --shape=tiny --batch=1,16
     # the same samples under growing max_new_tokens: time must follow the tokens decoded, not the capacity
     python scripts/benchmark_decode.py --mode=capacity --budgets=256,512,2048 --attention=dense@xla
 
@@ -48,9 +47,9 @@ TINY = kj.Qwen3Config(vocab_size=4096, hidden_size=256, intermediate_size=768, n
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)
 OWN_TOKENS = 512  # cascade: tokens each sample owns after the shared prompt
 
-_MODE = flags.DEFINE_enum("mode", "attention", ["attention", "model", "transformers", "capacity"], "What to time.")
+_MODE = flags.DEFINE_enum("mode", "attention", ["attention", "model", "capacity"], "What to time.")
 _SHAPE = flags.DEFINE_enum("shape", "qwen3-8b", ("tiny",) + kj.Qwen3Config.preset_names(), "Model / head shapes.")
-_LAYERS = flags.DEFINE_integer("layers", None, "Override the number of layers (model, transformers modes).",
+_LAYERS = flags.DEFINE_integer("layers", None, "Override the number of layers (model, capacity modes).",
                                lower_bound=1)
 _BATCH = cli.define_int_list("batch", [1, 16], "Batch sizes (sequences decoded together).")
 _CONTEXT = cli.define_int_list("context", [4096, 16384], "Cached tokens per sequence (attention, model).")
@@ -60,9 +59,6 @@ _DENSE_LAYERS = cli.define_int_list("dense_layers", [0], "Layers kept dense by s
 _STEPS = flags.DEFINE_integer("steps", 8, "Decode steps per timed run.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per point (median reported).", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Compute, parameter and cache dtype.")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens per sequence (transformers mode).",
-                                   lower_bound=1)
-_NEW = flags.DEFINE_integer("new_tokens", 128, "Generated tokens per sequence (transformers mode).", lower_bound=2)
 _BUDGETS = cli.define_int_list("budgets", [256, 512, 2048], "max_new_tokens values (capacity mode).")
 _PROMPTS = flags.DEFINE_integer("prompts", 32, "Prompts (capacity mode).", lower_bound=1)
 _SAMPLES = flags.DEFINE_integer("samples", 8, "Samples per prompt (capacity mode).", lower_bound=1)
@@ -263,43 +259,6 @@ def _sweep() -> None:
         print(f"{context:>7} | {batch:>5} | {name:<{width}} | {cells}")
 
 
-def _transformers_comparison() -> None:
-    """--mode=transformers: kj.generate against transformers generate, greedy, no EOS, prefill included."""
-    import torch
-    from transformers import Qwen3Config as HFConfig, Qwen3ForCausalLM as HFModel
-
-    config, dtype = _config(), _DTYPE.value
-    greedy = kj.SamplingConfig.greedy_config()
-    ours_model = kj.Qwen3ForCausalLM(config, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype),
-                                     rngs=nnx.Rngs(0))
-    torch.manual_seed(0)
-    hf_config = HFConfig(**{k: v for k, v in config.to_hf_dict().items() if k not in ("architectures", "model_type")})
-    hf_model = HFModel(hf_config).to(getattr(torch, dtype)).eval()
-    new = _NEW.value
-    rows = []
-    for batch in cli.int_list(_BATCH):
-        prompts = np.random.default_rng(batch).integers(0, config.vocab_size, (batch, _PROMPT_LEN.value))
-
-        def ours():
-            result = kj.generate(ours_model, prompts.tolist(), max_new_tokens=new, sampling=greedy)
-            assert (result.lengths == new).all()
-
-        def theirs():
-            ids = torch.as_tensor(prompts, dtype=torch.long)
-            with torch.no_grad():
-                out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                                        min_new_tokens=new, do_sample=False, pad_token_id=0)
-            assert out.shape[1] == ids.shape[1] + new
-
-        a, b = _median_seconds(ours, _REPEATS.value), _median_seconds(theirs, _REPEATS.value)
-        rows.append((batch, batch * new / a, batch * new / b, b / a))
-    print(f"\n{_SHAPE.value} ({config.num_hidden_layers} layers, hidden {config.hidden_size}), {dtype}, "
-          f"prompt {_PROMPT_LEN.value} + {new} new tokens, greedy, device: {_device()}")
-    print(f"{'batch':>5} | {'kinetics_jax tok/s':>18} | {'transformers tok/s':>18} | {'speedup':>7}")
-    for batch, ours_rate, theirs_rate, ratio in rows:
-        print(f"{batch:>5} | {ours_rate:>18.1f} | {theirs_rate:>18.1f} | {ratio:>6.2f}x")
-
-
 # Capacity mode: a random model over a 256-token vocabulary with 8 EOS ids, so that a sample ends about one step
 # in 32 (geometric lengths: mean ~31; the longest of 256 samples ~130).
 CAPACITY = kj.Qwen3Config(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -341,9 +300,7 @@ def _capacity() -> None:
 def main(argv: list[str]) -> None:
     del argv
     logging.info("process %d of %d, backend %s", jax.process_index(), jax.process_count(), jax.default_backend())
-    if _MODE.value == "transformers":
-        _transformers_comparison()
-    elif _MODE.value == "capacity":
+    if _MODE.value == "capacity":
         _capacity()
     else:
         _sweep()

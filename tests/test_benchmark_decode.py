@@ -19,16 +19,6 @@ def _rows(stdout: str) -> list[list[str]]:
     return [[c.strip() for c in line.split("|")] for line in stdout.strip().splitlines() if line.count("|") >= 3]
 
 
-def test_transformers_mode_prints_a_row_per_batch():
-    result = _run("--mode=transformers", "--batch=1,2", "--prompt_len=8", "--new_tokens=4", "--layers=1",
-                  "--dtype=float32")
-    assert result.returncode == 0, result.stderr
-    header, *rows = _rows(result.stdout)
-    assert header[1:3] == ["kinetics_jax tok/s", "transformers tok/s"]
-    for cells, batch in zip(rows, (1, 2), strict=True):
-        assert int(cells[0]) == batch and float(cells[1]) > 0 and float(cells[2]) > 0 and cells[3].endswith("x")
-
-
 def test_attention_and_model_modes_time_xla_and_mark_pallas_unmeasured_on_cpu():
     for mode in ("attention", "model"):
         result = _run(f"--mode={mode}", "--layers=2", "--context=64,96", "--batch=2", "--steps=2",

@@ -105,7 +105,7 @@ def test_engine_matches_reference_policy_loop(config, hf_checkpoints):
             np.testing.assert_allclose(np.asarray(logits[b]), expect[b][step], atol=1e-4, rtol=0,
                                        err_msg=f"step {step}, sequence {b}")
         attended = [_attended(config, layer, positions + 1) for layer in range(4)]
-        np.testing.assert_array_equal(np.asarray(counts), attended)
+        np.testing.assert_array_equal(np.asarray(counts).sum(axis=1), attended)  # counts [L, B]
 
 
 def _attended(config: AttentionConfig, layer: int, lengths: np.ndarray) -> int:

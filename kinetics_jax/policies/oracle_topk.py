@@ -105,7 +105,8 @@ class OracleTopK(Policy):
                                                          implementation="xla")
         out, _ = kernels.merge_partials(jnp.concatenate([o_ends, o_top[:, :, None]], axis=2),
                                         jnp.concatenate([lse_ends, lse_top[:, :, None]], axis=2), axis=2)
-        attended = jnp.minimum(n, self.sink) + (n - mid_hi) + jnp.sum(picked[:, 0], axis=-1, dtype=jnp.int32)
+        attended = jnp.minimum(n, self.sink) + jnp.maximum(n - mid_hi, 0) + jnp.sum(picked[:, 0], axis=-1,
+                                                                                     dtype=jnp.int32)
         return out.reshape(b, hq, d).astype(q.dtype), attended
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from kinetics_jax.attention import decode_attention
-from kinetics_jax.cache import KVCache, PagedLayout
+from kinetics_jax.cache import NULL_PAGE, KVCache, PagedLayout
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.policies import AttentionConfig
 from kinetics_jax.sampling.request import DecodeInputs, DecodeStatic
@@ -53,11 +53,16 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
     the cache write, the page selection and the kernels run per shard (rows and pages split over "data",
     heads over "model"; page tables hold shard-local page ids, num_samples and shared_pages are per shard), and
     the mesh's devices say which platform the kernels are built for.
-    Returns (logits [B, V], cache, KV tokens attended per layer int32[L], counting `active` rows only)."""
+    `active` bool[B] (None: every row): a row that is not active reads no KV (its length is 0, its page list
+    empty) and writes its K/V to the null page.
+    Returns (logits [B, V], cache, KV tokens attended int32[L, B] by each layer and row, 0 for inactive rows)."""
     replicas = meshes.kv_replicas(model.config, mesh)
     layout = PagedLayout.of(attention, replicas)
     page, slot = layout.slot_of(page_table, positions)
-    rows = _Rows(page, slot, page_table, positions + 1, shared_pages)
+    lengths = positions + 1
+    if active is not None:  # None keeps host-known positions known while tracing (cost analysis)
+        page, lengths = jnp.where(active, page, NULL_PAGE), jnp.where(active, lengths, 0)
+    rows = _Rows(page, slot, page_table, lengths, shared_pages)
     head_mean = None if replicas == 1 else functools.partial(meshes.kv_head_mean, replicas=replicas)
     platform = meshes.platform(mesh)
 
@@ -76,10 +81,11 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
     def attend(q, k, v, layer, cache):
         k, v = (jnp.repeat(x[:, 0], replicas, axis=1) for x in (k, v))  # a KV head's copies (usually 1)
         out, cache, attended = step(q[:, 0], k, v, layer, cache, rows)
-        return out[:, None], cache, jnp.sum(jnp.where(active, attended[:, 0], 0))
+        attended = attended[:, 0] if active is None else jnp.where(active, attended[:, 0], 0)
+        return out[:, None], cache, attended
 
     hidden, cache, ys = model.hidden_states(tokens[:, None], positions[:, None], attend, cache)
-    return model.logits(hidden[:, 0]), cache, jnp.concatenate(ys)
+    return model.logits(hidden[:, 0]), cache, jnp.concatenate([y.reshape(-1, tokens.shape[0]) for y in ys])
 
 
 @chex.dataclass(frozen=True)
@@ -128,6 +134,7 @@ def decode_loop(model: Qwen3ForCausalLM, static: DecodeStatic, inputs: DecodeInp
         logits, cache, counts = decode_step(model, s.cache, jnp.maximum(s.tokens[:, s.step], 0), base + s.step,
                                             inputs.page_table, active, static.attention, n, inputs.shared_pages,
                                             mesh)
+        counts = jnp.sum(counts, axis=1)
         nxt = draw(logits, s.step + 1)
         tokens = s.tokens.at[:, s.step + 1].set(jnp.where(active, nxt, -1))
         generated = s.generated + active

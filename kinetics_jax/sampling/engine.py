@@ -12,8 +12,7 @@ order as a `GenerationResult`.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -22,32 +21,15 @@ from jax.sharding import Mesh
 
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.policies import AttentionConfig
-from kinetics_jax.sampling import request
+from kinetics_jax.checks import checked_int
+from kinetics_jax.sampling import continuous, request
 from kinetics_jax.sampling.decode import decode_loop
 from kinetics_jax.sampling.prefill import prefill
 from kinetics_jax.sampling.request import DecodeInputs, DecodeStatic
+from kinetics_jax.sampling.result import GenerationResult
 from kinetics_jax.sampling.samplers import SamplingConfig
 from kinetics_jax.sampling.stops import FINISH_REASONS, RepetitionStop
-from kinetics_jax.sharding import placement
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationResult:
-    """tokens int32[P, N, T] (-1 after a sample's end), lengths int32[P, N] (generated tokens, the stop token
-    included), finish_reasons str[P, N] ("eos" | "length" | "repetition"), attended_tokens int64[steps, layers]:
-    KV tokens read by each layer at each decode step, summed over the samples still running; prompt_lengths
-    int[P]; attention: the policy the run used (the cost model reads it from here)."""
-
-    tokens: np.ndarray
-    lengths: np.ndarray
-    finish_reasons: np.ndarray
-    attended_tokens: np.ndarray
-    prompt_lengths: np.ndarray
-    attention: AttentionConfig = AttentionConfig()
-
-    def sequences(self, p: int, s: int) -> list[int]:
-        """The generated ids of sample s of prompt p."""
-        return self.tokens[p, s, :self.lengths[p, s]].tolist()
+from kinetics_jax.sharding import meshes, placement
 
 
 def _generate_impl(static: DecodeStatic, state: nnx.State, inputs: DecodeInputs, max_new_tokens: jax.Array,
@@ -68,13 +50,32 @@ _generate_jit = jax.jit(_generate_impl, static_argnames=("static",))
 def check(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, num_samples: int = 1,
           attention: AttentionConfig = AttentionConfig(), seed: int = 0, eos_token_ids: Sequence[int] = (),
           vocab_size: int | None = None, cache_budget_bytes: int | None = None,
-          stream_ids: Sequence[int] | None = None, mesh: Mesh | None = None) -> None:
+          stream_ids: Sequence[int] | None = None, mesh: Mesh | None = None, max_num_seqs: int | None = None,
+          chunk_steps: int = 16) -> None:
     """Raises the ValueError that `generate` with these arguments would raise before any compute, computing
     nothing: a script checks every batch of a job with it before the first one runs. The model may be abstract."""
     r, mesh, budget = request.checked(model, prompts, mesh, num_samples=num_samples, max_new_tokens=max_new_tokens,
                                seed=seed, vocab_size=vocab_size, eos_token_ids=eos_token_ids,
                                stream_ids=stream_ids, cache_budget_bytes=cache_budget_bytes)
-    request.check_placement(model, [a.size for a in r.prompts], r.num_samples, r.max_new_tokens, attention, mesh, budget)
+    if max_num_seqs is None:
+        request.check_placement(model, [a.size for a in r.prompts], r.num_samples, r.max_new_tokens, attention,
+                                mesh, budget)
+        return
+    max_num_seqs, chunk_steps = _engine_sizes(max_num_seqs, chunk_steps)
+    _check_continuous(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
+
+
+def _engine_sizes(max_num_seqs: object, chunk_steps: object) -> tuple[int, int]:
+    return (checked_int(max_num_seqs, "max_num_seqs", minimum=1, why="None: one static batch"),
+            checked_int(chunk_steps, "chunk_steps", minimum=1))
+
+
+def _check_continuous(model: Qwen3ForCausalLM, r: request.Request, attention: AttentionConfig, mesh: Mesh,
+                      budget: int, max_num_seqs: int, chunk_steps: int) -> None:
+    attention.check_layers(model.config.num_hidden_layers)
+    meshes.check_mesh(model.config, mesh)
+    continuous.check_mesh(mesh)
+    continuous.pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
 
 
 def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -82,7 +83,8 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
              attention: AttentionConfig = AttentionConfig(), seed: int = 0, eos_token_ids: Sequence[int] = (),
              vocab_size: int | None = None, repetition: RepetitionStop | None = None,
              cache_budget_bytes: int | None = None, stream_ids: Sequence[int] | None = None,
-             mesh: Mesh | None = None) -> GenerationResult:
+             mesh: Mesh | None = None, max_num_seqs: int | None = None, chunk_steps: int = 16,
+             on_finish: Callable[[int], None] | None = None) -> GenerationResult:
     """Samples `num_samples` continuations of every prompt (lists of token ids), up to `max_new_tokens` each.
 
     A sample stops at the first id in `eos_token_ids`, after `max_new_tokens`, or (with `repetition`) when it
@@ -105,10 +107,23 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     heads over "model", prompts and samples over "data" (see planning.DataSplit). The parameters are placed on
     the mesh for the call (no copy when the model was loaded or sharded onto it). Every process of a multi-host
     run calls generate with the same arguments and gets the whole result.
+
+    `max_num_seqs` (None: one static batch of every prompt x sample, decoded until its longest sample ends, its
+    cache reserving prompt + max_new_tokens for every sample) runs the continuous engine instead
+    (kinetics_jax.sampling.continuous): that many decode slots, refilled as samples finish, over a page pool
+    sized from the cache budget and filled on demand, `chunk_steps` decode steps per compiled call. Its samples
+    do not depend on their slot, their neighbours, arrival order or preemption; on_finish(n) is called after
+    each chunk with the sequences finished in it. It needs a mesh whose "data" axis is 1.
     """
     r, mesh, budget = request.checked(model, prompts, mesh, num_samples=num_samples, max_new_tokens=max_new_tokens,
                                seed=seed, vocab_size=vocab_size, eos_token_ids=eos_token_ids,
                                stream_ids=stream_ids, cache_budget_bytes=cache_budget_bytes)
+    if max_num_seqs is not None:
+        max_num_seqs, chunk_steps = _engine_sizes(max_num_seqs, chunk_steps)
+        _check_continuous(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
+        return continuous.generate_continuous(model, r, mesh, budget, sampling=sampling, attention=attention,
+                                              repetition=repetition, max_num_seqs=max_num_seqs,
+                                              chunk_steps=chunk_steps, on_finish=on_finish)
     arrays, max_new_tokens = r.prompts, r.max_new_tokens
     program = request.plan_program(model, arrays, r.streams, num_samples=r.num_samples,
                                    max_new_tokens=max_new_tokens, sampling=sampling, attention=attention,

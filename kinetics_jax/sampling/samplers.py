@@ -127,13 +127,14 @@ def sample(logits: jax.Array, keys: jax.Array, config: SamplingConfig, vocab_siz
 
 def sample_keys(seed: int, prompt_ids: jax.Array, sample_ids: jax.Array, step: jax.Array | int) -> jax.Array:
     """One PRNG key per row from (seed, prompt index, sample index, step): a sample's stream is independent of
-    how many prompts or samples share its batch. prompt_ids, sample_ids: int[B]. Returns keys [B].
+    how many prompts or samples share its batch. prompt_ids, sample_ids: int[B]; step: one for every row, or
+    int[B] (each row's own step). Returns keys [B].
 
     Only the 32 bits of the seed and of each id matter: a uint32 value passed as the int32 with the same bits
     (what generate does, its program takes int32) gives the same keys as the uint32 itself."""
     base = jax.random.key(seed)
 
-    def one(p: jax.Array, s: jax.Array) -> jax.Array:
-        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, p), s), step)
+    def one(p: jax.Array, s: jax.Array, t: jax.Array) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, p), s), t)
 
-    return jax.vmap(one)(prompt_ids, sample_ids)
+    return jax.vmap(one)(prompt_ids, sample_ids, jnp.broadcast_to(step, jnp.shape(prompt_ids)))

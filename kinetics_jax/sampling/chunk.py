@@ -1,0 +1,203 @@
+"""The continuous engine's two compiled programs: one prompt's prefill into the shared page pool (with its
+samples' first tokens), and a decode chunk of up to K steps over the engine's fixed slots.
+
+Every shape that touches a row's numerics is the engine's, not its neighbours': a prompt is prefilled alone at
+its own length bucket, the chunk always runs `max_num_seqs` rows over page tables of one width, and an empty or
+finished slot reads no KV (its length is 0). So a sample's tokens do not depend on its slot, on the sequences
+beside it, on arrival order or on preemption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from kinetics_jax.cache import KVCache, PagedLayout
+from kinetics_jax.model import Qwen3ForCausalLM
+from kinetics_jax.policies import AttentionConfig
+from kinetics_jax.sampling.decode import decode_step
+from kinetics_jax.sampling.prefill import prefill_into
+from kinetics_jax.sampling.samplers import SamplingConfig, sample, sample_keys
+from kinetics_jax.sampling.stops import EOS, LENGTH, REPETITION, RUNNING, RepetitionStop, repeated
+from kinetics_jax.sharding import meshes, placement
+from kinetics_jax.sharding.axes import BATCH
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineStatic:
+    """What shapes the engine's programs (hashable: a static jit argument). num_samples: samples per prompt
+    (the first tokens a prefill draws); max_num_seqs: decode slots; chunk: steps per decode chunk; buffer: the
+    per-step counter rows and the token history of the repetition stop (>= max_new_tokens); pool_pages: the page
+    pool, the null page included."""
+
+    graphdef: nnx.GraphDef
+    mesh: Mesh
+    sampling: SamplingConfig
+    attention: AttentionConfig
+    num_samples: int
+    max_num_seqs: int
+    chunk: int
+    buffer: int
+    pool_pages: int
+    eos_token_ids: tuple[int, ...]
+    vocab_size: int
+    repetition: RepetitionStop | None
+
+    def __post_init__(self) -> None:  # jit hashes its static argument at every call: hash the graphdef once
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self))))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def layout(self, model_config) -> PagedLayout:
+        return PagedLayout.of(self.attention, meshes.kv_replicas(model_config, self.mesh))
+
+
+class EngineState(NamedTuple):
+    """The device state kept across calls (donated to each): cache; attended int32[buffer, L] (KV tokens read
+    by each layer at each sample step j, summed over the rows that ran it); history int32[S, buffer] (each
+    slot's generated tokens, -1 after its end; [S, 0] without the repetition stop)."""
+
+    cache: KVCache
+    attended: jax.Array
+    history: jax.Array
+
+
+class SlotInputs(NamedTuple):
+    """A chunk's host inputs, one row per slot (scheduler.ChunkPlan without the host-only fields)."""
+
+    page_table: jax.Array
+    tokens: jax.Array
+    positions: jax.Array
+    generated: jax.Array
+    active: jax.Array
+    streams: jax.Array
+    samples: jax.Array
+    fresh: jax.Array
+    copy_from: jax.Array
+    copy_to: jax.Array
+
+    @staticmethod
+    def axes() -> "SlotInputs":
+        rows = (BATCH,)
+        return SlotInputs((BATCH, None), *([rows] * 9))
+
+
+@functools.partial(jax.jit, static_argnames=("static", "config", "dtype"))
+def _empty_state(static: EngineStatic, config, dtype) -> EngineState:
+    layout = static.layout(config)
+    cache = placement.constrain(layout.zeros(config, static.pool_pages, dtype), layout.axes(), static.mesh)
+    history = static.buffer if static.repetition is not None else 0
+    return EngineState(cache, jnp.zeros((static.buffer, config.num_hidden_layers), jnp.int32),
+                       jnp.full((static.max_num_seqs, history), -1, jnp.int32))
+
+
+def empty_state(static: EngineStatic, model: Qwen3ForCausalLM) -> EngineState:
+    """A zero cache of static.pool_pages pages (placed on the mesh), zero counters and an empty history."""
+    return _empty_state(static, model.config, jnp.dtype(model.dtype))
+
+
+def _prefill_impl(static: EngineStatic, params: nnx.State, engine: EngineState, prompt_ids: jax.Array,
+                  prompt_length: jax.Array, writes: jax.Array, stream: jax.Array, seed: jax.Array
+                  ) -> tuple[EngineState, jax.Array]:
+    """Prefills one prompt int32[1, T] (right-padded to its own bucket) into the pool through its page writes
+    int32[3, n], and draws its N samples' first tokens (keys (seed, stream, s, 0)). Returns (state, int32[N])."""
+    model: Qwen3ForCausalLM = nnx.merge(static.graphdef, params)
+    logits, cache = prefill_into(model, engine.cache, prompt_ids, prompt_length, writes, static.attention,
+                                 static.mesh)
+    n = static.num_samples
+    keys = sample_keys(seed, jnp.broadcast_to(stream, (n,)), jnp.arange(n, dtype=jnp.int32), jnp.int32(0))
+    first = sample(jnp.broadcast_to(logits, (n, logits.shape[-1])), keys, static.sampling, static.vocab_size)
+    return engine._replace(cache=cache), jax.lax.with_sharding_constraint(first, placement.replicated(static.mesh))
+
+
+prefill_prompt = jax.jit(_prefill_impl, static_argnames=("static",), donate_argnames=("engine",))
+
+
+def _copy_pages(cache: KVCache, src: jax.Array, dst: jax.Array) -> KVCache:
+    """Page dst[i] := page src[i] in every layer of the K and V pools (the null page takes the padding
+    copies). A copied page is a partial prompt page: it has no summaries yet."""
+    return cache._replace(k=cache.k.at[:, :, dst].set(cache.k[:, :, src]),
+                          v=cache.v.at[:, :, dst].set(cache.v[:, :, src]))
+
+
+class ChunkOutput(NamedTuple):
+    """tokens int32[S, K] (sampled in the chunk; -1 where a row did not run), generated int32[S] (tokens
+    sampled in all, the first included), reason int32[S] (stops.RUNNING, EOS, LENGTH, REPETITION)."""
+
+    tokens: jax.Array
+    generated: jax.Array
+    reason: jax.Array
+
+
+def _chunk_impl(static: EngineStatic, params: nnx.State, engine: EngineState, rows: SlotInputs,
+                max_new_tokens: jax.Array, seed: jax.Array, refill_after: jax.Array
+                ) -> tuple[EngineState, ChunkOutput]:
+    """Up to static.chunk decode steps over the slots; the loop ends early when no row runs, or once
+    `refill_after` rows (int32 scalar) have finished in it, so that the host refills their slots. Step i feeds
+    each running row's last token at its position, samples its next token (keys (seed, stream, sample,
+    generated)), and stops it at an EOS id, max_new_tokens or the repetition stop."""
+    model: Qwen3ForCausalLM = nnx.merge(static.graphdef, params)
+    cache = _copy_pages(engine.cache, rows.copy_from, rows.copy_to)
+    history = engine.history
+    if static.repetition is not None:  # a fresh row's history: its first token, then nothing
+        start = jnp.full(history.shape, -1, jnp.int32).at[:, 0].set(rows.tokens)
+        history = jnp.where(rows.fresh[:, None], start, history)
+    eos = jnp.asarray(static.eos_token_ids or (-1,), jnp.int32)
+    s_ = static.max_num_seqs
+
+    class Carry(NamedTuple):
+        i: jax.Array
+        token: jax.Array
+        position: jax.Array
+        generated: jax.Array
+        running: jax.Array
+        reason: jax.Array
+        out: jax.Array
+        cache: KVCache
+        attended: jax.Array
+        history: jax.Array
+
+    def cond(c: Carry) -> jax.Array:
+        ended = jnp.sum(rows.active & ~c.running)
+        return (c.i < static.chunk) & jnp.any(c.running) & (ended < refill_after)
+
+    def body(c: Carry) -> Carry:
+        logits, cache, counts = decode_step(model, c.cache, c.token, c.position, rows.page_table, c.running,
+                                            static.attention, mesh=static.mesh)
+        keys = sample_keys(seed, rows.streams, rows.samples, c.generated)
+        nxt = jnp.where(c.running, sample(logits, keys, static.sampling, static.vocab_size), -1)
+        step_row = jnp.where(c.running, c.generated - 1, static.buffer)  # the sample's decode step j
+        attended = c.attended.at[step_row].add(counts.T, mode="drop")
+        generated = c.generated + c.running
+        hit_eos = c.running & jnp.isin(nxt, eos)
+        hit_len = c.running & ~hit_eos & (generated >= max_new_tokens)
+        reason = jnp.where(hit_eos, EOS, jnp.where(hit_len, LENGTH, c.reason))
+        running = c.running & ~hit_eos & ~hit_len
+        history = c.history
+        if static.repetition is not None:
+            history = history.at[jnp.arange(s_), jnp.where(c.running, c.generated, static.buffer)].set(
+                nxt, mode="drop")
+            if static.buffer >= static.repetition.window:
+                looped = running & repeated(history, generated, static.repetition)
+                reason = jnp.where(looped, REPETITION, reason)
+                running = running & ~looped
+        return Carry(c.i + 1, jnp.maximum(nxt, 0), c.position + c.running, generated, running, reason,
+                     c.out.at[:, c.i].set(nxt), cache, attended, history)
+
+    start = Carry(jnp.int32(0), rows.tokens, rows.positions, rows.generated, rows.active,
+                  jnp.full((s_,), RUNNING, jnp.int32), jnp.full((s_, static.chunk), -1, jnp.int32), cache,
+                  engine.attended, history)
+    end = jax.lax.while_loop(cond, body, start)
+    out = ChunkOutput(end.out, end.generated, end.reason)
+    out = jax.lax.with_sharding_constraint(out, placement.replicated(static.mesh))
+    return EngineState(end.cache, end.attended, end.history), out
+
+
+decode_chunk = jax.jit(_chunk_impl, static_argnames=("static",), donate_argnames=("engine",))

@@ -1,0 +1,185 @@
+"""The continuous-batching engine (generate(max_num_seqs=...)): greedy parity with transformers, equality with the
+static batch in float32 for every policy, samples independent of slot, neighbours, arrival order, chunk size,
+slot count and preemption in bfloat16, a request over its up-front reservation that completes, counters of what
+ran, and bad arguments refused before compute."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import kinetics_jax as kj
+from kinetics_jax.cache import PagedLayout
+from kinetics_jax.sampling import RepetitionStop, SamplingConfig, generate
+from kinetics_jax.sharding import meshes
+from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow, StridedBlockTopK
+
+GREEDY = SamplingConfig.greedy_config()
+HOT = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)  # every token possible: samples diverge fast
+EOS = (7, 9, 11)  # ids a random 160-token model emits now and then: ragged lengths
+POLICIES = [
+    AttentionConfig(),
+    AttentionConfig(BlockTopK(sink=4, local=0, block_size=16, block_topk=1)),
+    AttentionConfig(BlockTopK(sink=5, local=7, block_size=16, block_topk=1, score="quest"), backend="pallas"),
+    AttentionConfig(OracleTopK(sink=4, local=4, topk=8)),
+    AttentionConfig(SlidingWindow(sink=4, local=12), dense_layers=()),
+    AttentionConfig(StridedBlockTopK(sink=5, local=3, block_size=8, block_topk=2)),
+]
+
+
+def _prompts(lengths, seed=0, vocab=160):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, n).tolist() for n in lengths]
+
+
+def _same(a, b) -> None:
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    np.testing.assert_array_equal(a.finish_reasons, b.finish_reasons)
+
+
+@pytest.fixture(scope="module")
+def models(hf_checkpoints):
+    path = hf_checkpoints["dense_g4_sharded"]
+    return {dtype: kj.load_hf_checkpoint(path, dtype=dtype) for dtype in ("float32", "bfloat16")}
+
+
+@pytest.mark.parametrize("name", ["dense_g4_sharded", "moe_mixed_sharded"])
+def test_greedy_equals_transformers_generate(name, hf_checkpoints, hf_models):
+    """9 sequences through 4 slots: slots are refilled, and every sample is transformers' greedy output."""
+    model = kj.load_hf_checkpoint(hf_checkpoints[name], dtype=jnp.float32)
+    prompts = _prompts([5, 23, 40])
+    result = generate(model, prompts, num_samples=3, max_new_tokens=48, sampling=GREEDY, max_num_seqs=4,
+                      chunk_steps=8)
+    for p, prompt in enumerate(prompts):
+        with torch.no_grad():
+            out = hf_models[name].generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
+                                           dtype=torch.long), max_new_tokens=48, do_sample=False, pad_token_id=0)
+        ref = out[0, len(prompt):].tolist()
+        for s in range(3):
+            assert result.sequences(p, s) == ref, (p, s)
+    assert result.stats.prefills == 3 and result.stats.preemptions == 0
+
+
+@pytest.mark.parametrize("attention", POLICIES, ids=AttentionConfig.describe)
+def test_float32_samples_and_counters_equal_the_static_batch(attention, models):
+    prompts = _prompts([5, 23, 40, 70], seed=1)
+    kwargs = dict(num_samples=3, max_new_tokens=40, sampling=HOT, attention=attention, eos_token_ids=EOS, seed=3)
+    static = generate(models["float32"], prompts, **kwargs)
+    result = generate(models["float32"], prompts, max_num_seqs=5, chunk_steps=6, **kwargs)
+    _same(result, static)
+    assert len(set(result.lengths.ravel().tolist())) > 3  # ragged: slots were refilled mid-run
+    np.testing.assert_array_equal(result.attended_tokens, static.attended_tokens)
+
+
+@pytest.mark.parametrize("attention", POLICIES[:2], ids=AttentionConfig.describe)
+def test_bfloat16_samples_do_not_depend_on_slot_neighbours_order_chunk_or_slots(attention, models):
+    """bfloat16, where batch-dependent numerics would show: the same samples alone, beside other prompts, in
+    reverse arrival order (stream ids fixed), with another chunk size and with another slot count."""
+    model = models["bfloat16"]
+    prompts = _prompts([5, 23, 40, 70], seed=2)
+    kwargs = dict(num_samples=3, max_new_tokens=48, sampling=HOT, attention=attention, eos_token_ids=EOS)
+    run = lambda ps, ids, **kw: generate(model, ps, stream_ids=ids, **kwargs, **kw)
+    base = run(prompts, [0, 1, 2, 3], max_num_seqs=4, chunk_steps=8)
+    alone = run([prompts[2]], [2], max_num_seqs=4, chunk_steps=8)
+    np.testing.assert_array_equal(alone.tokens[0], base.tokens[2])
+    reverse = run(prompts[::-1], [3, 2, 1, 0], max_num_seqs=4, chunk_steps=8)
+    np.testing.assert_array_equal(reverse.tokens[::-1], base.tokens)
+    np.testing.assert_array_equal(run(prompts, [0, 1, 2, 3], max_num_seqs=4, chunk_steps=3).tokens, base.tokens)
+    np.testing.assert_array_equal(run(prompts, [0, 1, 2, 3], max_num_seqs=7, chunk_steps=8).tokens, base.tokens)
+
+
+def test_preempted_samples_regenerate_the_same_tokens(models):
+    """A pool of 14 pages for 12 sequences of up to 70 + 60 tokens: sequences are preempted and recomputed, and
+    every sample equals the run with room for all (bfloat16)."""
+    model = models["bfloat16"]
+    prompts = _prompts([5, 23, 40, 70], seed=0)
+    kwargs = dict(num_samples=3, max_new_tokens=60, sampling=HOT, eos_token_ids=EOS, max_num_seqs=4,
+                  chunk_steps=8)
+    free = generate(model, prompts, **kwargs)
+    page = PagedLayout(16).pool_bytes(model.config, 1, jnp.bfloat16)
+    tight = generate(model, prompts, cache_budget_bytes=14 * page, **kwargs)
+    assert tight.stats.preemptions > 0 and tight.stats.peak_pages <= 13 and free.stats.preemptions == 0
+    _same(tight, free)
+
+
+def test_a_request_over_its_reservation_completes(models):
+    """16 samples x (40 + 200) tokens reserve 16 x 15 + 2 = 242 pages up front; the budget holds 64. The static
+    batch refuses it; with EOS ending the samples early, the continuous engine completes it."""
+    model = models["float32"]
+    page = PagedLayout(16).pool_bytes(model.config, 1, jnp.float32)
+    kwargs = dict(num_samples=16, max_new_tokens=200, sampling=HOT, eos_token_ids=EOS,
+                  cache_budget_bytes=64 * page)
+    prompts = _prompts([40], seed=5)
+    with pytest.raises(ValueError, match="the cache budget is"):
+        generate(model, prompts, **kwargs)
+    result = generate(model, prompts, max_num_seqs=8, chunk_steps=8, **kwargs)
+    assert (result.finish_reasons != "running").all() and result.stats.peak_pages <= 63
+    unlimited = generate(model, prompts, max_num_seqs=8, chunk_steps=8,
+                         **{**kwargs, "cache_budget_bytes": None})
+    _same(result, unlimited)
+
+
+@pytest.mark.parametrize("attention", POLICIES, ids=AttentionConfig.describe)
+def test_counters_count_only_the_rows_that_ran(attention, models):
+    """Sample (p, s) at its step j holds n = prompt + j + 1 tokens and reads the policy's attended(n) in a sparse
+    layer (n in a dense one); empty and finished slots read nothing. The 2-token prompt is shorter than the
+    sinks."""
+    lengths = [2, 9, 30]
+    result = generate(models["float32"], _prompts(lengths, seed=4), num_samples=3, max_new_tokens=30,
+                      sampling=HOT, eos_token_ids=EOS, max_num_seqs=5, chunk_steps=4, attention=attention)
+    steps, layers = result.attended_tokens.shape
+    assert steps == result.lengths.max() - 1
+    dense = attention.dense_layer_mask(layers)
+    expected = np.zeros((steps, layers), np.int64)
+    for p, length in enumerate(lengths):
+        for s in range(3):
+            j = np.arange(result.lengths[p, s] - 1)
+            n = length + j + 1
+            expected[j] += np.where(dense, n[:, None], np.asarray(attention.policy.attended(n))[:, None])
+    np.testing.assert_array_equal(result.attended_tokens, expected)
+
+
+def test_repetition_stop_equals_the_static_batch():
+    config = kj.Qwen3Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    from flax import nnx
+    model = kj.Qwen3ForCausalLM(config, rngs=nnx.Rngs(0))
+    stop = RepetitionStop(block=4, repeats=3, window=16)
+    kwargs = dict(max_new_tokens=120, sampling=GREEDY, repetition=stop, num_samples=2)
+    prompts = [[1, 2, 3], [7, 7, 9, 30, 2], [4, 5]]
+    static = generate(model, prompts, **kwargs)
+    result = generate(model, prompts, max_num_seqs=2, chunk_steps=16, **kwargs)
+    _same(result, static)
+    assert (result.finish_reasons == "repetition").any()
+
+
+def test_a_model_mesh_gives_the_same_samples(models):
+    model = models["float32"]
+    prompts = _prompts([5, 40], seed=6)
+    kwargs = dict(num_samples=2, max_new_tokens=24, sampling=HOT, max_num_seqs=3, chunk_steps=8)
+    mesh = meshes.make_mesh((1, 2), jax.devices()[:2])
+    _same(generate(model, prompts, mesh=mesh, **kwargs), generate(model, prompts, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(max_num_seqs=0), "max_num_seqs must be an integer >= 1"),
+    (dict(max_num_seqs=True), "max_num_seqs"),
+    (dict(max_num_seqs=2.0), "max_num_seqs"),
+    (dict(max_num_seqs=2, chunk_steps=0), "chunk_steps must be an integer >= 1"),
+    (dict(max_num_seqs=2, cache_budget_bytes=4096), "the longest prompt \\(40 tokens\\)"),
+])
+def test_bad_arguments_are_refused_before_compute(kwargs, message, models):
+    model = models["float32"]
+    for fn in (generate, kj.sampling.engine.check):
+        with pytest.raises(ValueError, match=message):
+            fn(model, _prompts([40, 5]), max_new_tokens=8, **kwargs)
+
+
+def test_a_data_axis_is_refused_with_its_reason(models):
+    mesh = meshes.make_mesh((2, 1), jax.devices()[:2])
+    with pytest.raises(ValueError, match="'data' axis of 1"):
+        generate(models["float32"], _prompts([5]), max_new_tokens=4, max_num_seqs=2, mesh=mesh)
