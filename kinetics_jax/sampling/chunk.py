@@ -24,9 +24,9 @@ from kinetics_jax.policies import AttentionConfig
 from kinetics_jax.sampling.decode import decode_step
 from kinetics_jax.sampling.prefill import prefill_into
 from kinetics_jax.sampling.samplers import SamplingConfig, sample, sample_keys
+from kinetics_jax.sampling.scheduler import SlotInputs
 from kinetics_jax.sampling.stops import EOS, LENGTH, REPETITION, RUNNING, RepetitionStop, repeated
 from kinetics_jax.sharding import meshes, placement
-from kinetics_jax.sharding.axes import BATCH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,26 +67,6 @@ class EngineState(NamedTuple):
     cache: KVCache
     attended: jax.Array
     history: jax.Array
-
-
-class SlotInputs(NamedTuple):
-    """A chunk's host inputs, one row per slot (scheduler.ChunkPlan without the host-only fields)."""
-
-    page_table: jax.Array
-    tokens: jax.Array
-    positions: jax.Array
-    generated: jax.Array
-    active: jax.Array
-    streams: jax.Array
-    samples: jax.Array
-    fresh: jax.Array
-    copy_from: jax.Array
-    copy_to: jax.Array
-
-    @staticmethod
-    def axes() -> "SlotInputs":
-        rows = (BATCH,)
-        return SlotInputs((BATCH, None), *([rows] * 9))
 
 
 @functools.partial(jax.jit, static_argnames=("static", "config", "dtype"))

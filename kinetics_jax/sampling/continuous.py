@@ -85,7 +85,6 @@ def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, budget:
     put = lambda x: placement.put(np.asarray(x, np.int32), None, mesh)
     seed, max_new = put(int32_bits(r.seed)), put(r.max_new_tokens)
     streams = int32_bits(r.streams)
-    axes = programs.SlotInputs.axes()
     done = 0
     while not scheduler.finished:
         for job in scheduler.schedule():
@@ -99,9 +98,7 @@ def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, budget:
             scheduler.fill_first_tokens(job.prompt, np.asarray(first))
         plan = scheduler.chunk_plan()
         if plan.active.any():
-            rows = programs.SlotInputs(*(placement.put(getattr(plan, name), ax, mesh)
-                                         for name, ax in zip(programs.SlotInputs._fields, axes)))
-            engine, out = programs.decode_chunk(static, params, engine, rows, max_new, seed,
+            engine, out = programs.decode_chunk(static, params, engine, plan.placed(mesh), max_new, seed,
                                                 put(scheduler.refill_after()))
             scheduler.record(*(np.asarray(x) for x in out))
         if on_finish is not None:

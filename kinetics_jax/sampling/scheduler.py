@@ -1,5 +1,5 @@
-"""The continuous-batching scheduler (host only, numpy): which (prompt, sample) sequences hold the engine's
-`max_num_seqs` decode slots, and which pages of the page pool each owns.
+"""The continuous-batching scheduler, on the host (numpy): which (prompt, sample) sequences hold the engine's
+`max_num_seqs` decode slots, which pages of the page pool each owns, and each chunk's inputs (`SlotInputs`).
 
 A prompt's pages (its full pages, shared by its samples, and its partial last page, the `tail`) are written by
 one prefill when its first sample is admitted; they are reference-counted by the prompt's running samples and
@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+from typing import NamedTuple
 
 import numpy as np
+from jax.sharding import Mesh
 
 from kinetics_jax.cache import NULL_PAGE, PagedLayout
 from kinetics_jax.checks import ceil_div
 from kinetics_jax.sampling.stops import EOS, LENGTH, RUNNING
+from kinetics_jax.sharding import placement
+from kinetics_jax.sharding.axes import BATCH
 
 
 class PagePool:
@@ -97,13 +101,13 @@ class Prefill:
     writes: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True)
-class ChunkPlan:
-    """What the next decode chunk runs, per slot (S = max_num_seqs): page_table int32[S, W] (NULL_PAGE in empty
-    slots and past a row's pages), tokens int32[S] (the last sampled token, fed next), positions int32[S] (its
-    position), generated int32[S] (tokens sampled so far), active bool[S], streams / samples int32[S] (the
-    row's prompt stream id and sample index), fresh bool[S] (admitted since the last chunk), copy_from /
-    copy_to int32[S] (the tail page a fresh row copies into its first own page; NULL_PAGE: none)."""
+class SlotInputs(NamedTuple):
+    """The next decode chunk's inputs, one row per slot (S = max_num_seqs): page_table int32[S, W] (NULL_PAGE
+    in empty slots and past a row's pages), tokens int32[S] (the last sampled token, fed next), positions
+    int32[S] (its position), generated int32[S] (tokens sampled so far), active bool[S], streams / samples
+    int32[S] (the row's prompt stream id, its uint32 bits, and sample index), fresh bool[S] (admitted since the
+    last chunk), copy_from / copy_to int32[S] (the tail page a fresh row copies into its first own page;
+    NULL_PAGE: none). Host arrays from `Scheduler.chunk_plan`; `placed` puts them on a mesh."""
 
     page_table: np.ndarray
     tokens: np.ndarray
@@ -115,6 +119,16 @@ class ChunkPlan:
     fresh: np.ndarray
     copy_from: np.ndarray
     copy_to: np.ndarray
+
+    @staticmethod
+    def axes() -> "SlotInputs":
+        """The logical axes of each input (slots are rows)."""
+        rows = (BATCH,)
+        return SlotInputs((BATCH, None), *([rows] * 9))
+
+    def placed(self, mesh: Mesh) -> "SlotInputs":
+        """The inputs as global arrays on `mesh`."""
+        return SlotInputs(*(placement.put(x, axes, mesh) for x, axes in zip(self, self.axes())))
 
 
 @dataclasses.dataclass
@@ -274,7 +288,7 @@ class Scheduler:
             return self.max_num_seqs + 1
         return max(1, min(len(self._waiting), self.max_num_seqs // 8))
 
-    def chunk_plan(self) -> ChunkPlan:
+    def chunk_plan(self) -> SlotInputs:
         """The next decode chunk's rows. A sequence admitted since the last chunk takes its first token here; one
         whose first token ends it (an EOS id, or max_new_tokens 1) finishes without a chunk."""
         for seq in self._slots:
@@ -300,7 +314,7 @@ class Scheduler:
             ints["streams"][i], ints["samples"][i] = self.streams[seq.prompt], seq.sample
             if seq.fresh and entry.tail != NULL_PAGE:
                 copy_from[i], copy_to[i] = entry.tail, seq.pages[0]
-        return ChunkPlan(table, active=active, fresh=fresh, copy_from=copy_from, copy_to=copy_to, **ints)
+        return SlotInputs(table, active=active, fresh=fresh, copy_from=copy_from, copy_to=copy_to, **ints)
 
     def record(self, tokens: np.ndarray, generated: np.ndarray, reasons: np.ndarray) -> None:
         """A chunk's outputs per slot: tokens int32[S, K] (the tokens it sampled, -1 where a row was not
