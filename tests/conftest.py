@@ -6,6 +6,7 @@ rope base differs from transformers' default so a wrong theta shows.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -94,3 +95,13 @@ def hf_models(hf_checkpoints) -> dict[str, torch.nn.Module]:
 
     return {name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
             for name, path in hf_checkpoints.items()}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drops each test module's compiled programs when it ends. Every XLA:CPU executable holds memory mappings
+    of its code, and the whole suite's programs together pass the kernel's limit of 65,530 mappings per process
+    (vm.max_map_count), after which compilation fails inside XLA with a segmentation fault."""
+    yield
+    jax.clear_caches()
+    gc.collect()

@@ -5,6 +5,8 @@ ran, and bad arguments refused before compute."""
 
 from __future__ import annotations
 
+import gc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +41,15 @@ def _same(a, b) -> None:
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_array_equal(a.lengths, b.lengths)
     np.testing.assert_array_equal(a.finish_reasons, b.finish_reasons)
+
+
+@pytest.fixture(autouse=True)
+def _free_compiled_programs():
+    """Each test compiles its own engine programs (about 2,000 memory mappings of code each time on XLA:CPU):
+    drop them after the test, so the module stays far below the per-process mapping limit (see conftest)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
