@@ -29,14 +29,14 @@ from kinetics_jax.sampling.result import GenerationResult
 from kinetics_jax.sampling.samplers import SamplingConfig
 from kinetics_jax.sampling.scheduler import Scheduler
 from kinetics_jax.sampling.stops import FINISH_REASONS, RepetitionStop
-from kinetics_jax.sharding import placement, planning
+from kinetics_jax.sharding import meshes, placement, planning
 from kinetics_jax.sharding.axes import DATA
 
 POOL_QUANTUM = 64  # the pool's page count is a multiple of this (a shape bucket)
 
 
 def pool_pages(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, mesh: Mesh, budget: int,
-               max_num_seqs: int, chunk_steps: int) -> int:
+               chunk_steps: int) -> int:
     """The pool size (pages, the null page included): the request's full up-front reservation rounded up to a
     multiple of POOL_QUANTUM (never more is used), or what the budget holds if that is less. Refuses, before any compute, a
     budget that cannot hold the longest prompt and its first chunk of new tokens."""
@@ -57,7 +57,17 @@ def pool_pages(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, 
     return pages
 
 
-def check_mesh(mesh: Mesh) -> None:
+def check(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, mesh: Mesh, budget: int,
+          chunk_steps: int) -> None:
+    """The checks of a checked request (`request.checked`) against the model and mesh for this engine: the
+    policy's layers, the mesh ("data" axis 1), and a pool that holds the longest prompt's first chunk."""
+    attention.check_layers(model.config.num_hidden_layers)
+    meshes.check_mesh(model.config, mesh)
+    _check_data_axis(mesh)
+    pool_pages(model, r, attention, mesh, budget, chunk_steps)
+
+
+def _check_data_axis(mesh: Mesh) -> None:
     if mesh.shape[DATA] != 1:
         raise ValueError(f"max_num_seqs: the continuous engine runs on meshes with a 'data' axis of 1 (got mesh "
                          f"{dict(mesh.shape)}); use the static batch (max_num_seqs=None) to split over 'data'")
@@ -68,9 +78,9 @@ def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, budget:
                         chunk_steps: int, on_finish: Callable[[int], None] | None = None) -> GenerationResult:
     """Runs a checked request (`request.checked`) through the continuous engine; see generate. on_finish(n) is
     called after each chunk with the number of sequences that finished in it (a progress bar)."""
-    check_mesh(mesh)
+    _check_data_axis(mesh)
     lengths = [a.size for a in r.prompts]
-    num_pages = pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
+    num_pages = pool_pages(model, r, attention, mesh, budget, chunk_steps)
     static = programs.EngineStatic(
         graphdef=nnx.graphdef(model), mesh=mesh, sampling=sampling, attention=attention,
         num_samples=r.num_samples, max_num_seqs=max_num_seqs, chunk=chunk_steps, buffer=bucket(r.max_new_tokens),

@@ -29,7 +29,7 @@ from kinetics_jax.sampling.request import DecodeInputs, DecodeStatic
 from kinetics_jax.sampling.result import GenerationResult
 from kinetics_jax.sampling.samplers import SamplingConfig
 from kinetics_jax.sampling.stops import FINISH_REASONS, RepetitionStop
-from kinetics_jax.sharding import meshes, placement
+from kinetics_jax.sharding import placement
 
 
 def _generate_impl(static: DecodeStatic, state: nnx.State, inputs: DecodeInputs, max_new_tokens: jax.Array,
@@ -62,20 +62,12 @@ def check(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_
                                 mesh, budget)
         return
     max_num_seqs, chunk_steps = _engine_sizes(max_num_seqs, chunk_steps)
-    _check_continuous(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
+    continuous.check(model, r, attention, mesh, budget, chunk_steps)
 
 
 def _engine_sizes(max_num_seqs: object, chunk_steps: object) -> tuple[int, int]:
     return (checked_int(max_num_seqs, "max_num_seqs", minimum=1, why="None: one static batch"),
             checked_int(chunk_steps, "chunk_steps", minimum=1))
-
-
-def _check_continuous(model: Qwen3ForCausalLM, r: request.Request, attention: AttentionConfig, mesh: Mesh,
-                      budget: int, max_num_seqs: int, chunk_steps: int) -> None:
-    attention.check_layers(model.config.num_hidden_layers)
-    meshes.check_mesh(model.config, mesh)
-    continuous.check_mesh(mesh)
-    continuous.pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
 
 
 def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -120,7 +112,7 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
                                stream_ids=stream_ids, cache_budget_bytes=cache_budget_bytes)
     if max_num_seqs is not None:
         max_num_seqs, chunk_steps = _engine_sizes(max_num_seqs, chunk_steps)
-        _check_continuous(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
+        continuous.check(model, r, attention, mesh, budget, chunk_steps)
         return continuous.generate_continuous(model, r, mesh, budget, sampling=sampling, attention=attention,
                                               repetition=repetition, max_num_seqs=max_num_seqs,
                                               chunk_steps=chunk_steps, on_finish=on_finish)

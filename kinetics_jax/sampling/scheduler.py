@@ -152,7 +152,7 @@ class Scheduler:
     def __init__(self, layout: PagedLayout, prompt_lengths: list[int], num_samples: int, max_new_tokens: int, *,
                  num_pages: int, max_num_seqs: int, chunk: int, streams: np.ndarray, width: int,
                  eos_token_ids: tuple[int, ...]):
-        self.layout, self.lengths, self.num_samples = layout, list(prompt_lengths), num_samples
+        self.layout, self.lengths = layout, list(prompt_lengths)
         self.eos = set(eos_token_ids)
         self.max_new_tokens, self.max_num_seqs, self.chunk, self.width = max_new_tokens, max_num_seqs, chunk, width
         self.streams = np.asarray(streams).astype(np.uint32).view(np.int32)
@@ -262,7 +262,7 @@ class Scheduler:
             if p not in self._prompts:
                 pages = self.pool.take(full + partial)
                 self._prompts[p] = _Prompt(pages[:full], pages[full] if partial else NULL_PAGE)
-                prefills.append(Prefill(p, self._writes(p, pages, partial)))
+                prefills.append(Prefill(p, self._writes(pages, partial)))
                 self.stats.prefills += 1
             self._prompts[p].running += 1
             self._admitted += 1
@@ -271,8 +271,8 @@ class Scheduler:
                                           [])
         return prefills
 
-    def _writes(self, p: int, pages: list[int], partial: bool) -> np.ndarray:
-        """int32[3, n] prefill writes of prompt p into `pages` (its full pages, then its tail)."""
+    def _writes(self, pages: list[int], partial: bool) -> np.ndarray:
+        """int32[3, n] prefill writes of a prompt into `pages` (its full pages, then its tail)."""
         full = len(pages) - partial
         return np.asarray([pages, list(range(len(pages))), [1] * full + [0] * partial], np.int32).reshape(3, -1)
 
