@@ -29,6 +29,7 @@ _EXPORTS = {
     "save_checkpoint": "kinetics_jax.checkpoint",
     "Qwen3Config": "kinetics_jax.config",
     "Qwen3ForCausalLM": "kinetics_jax.model",
+    "FinishedSample": "kinetics_jax.sampling",
     "GenerationResult": "kinetics_jax.sampling",
     "RepetitionStop": "kinetics_jax.sampling",
     "SamplingConfig": "kinetics_jax.sampling",

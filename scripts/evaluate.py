@@ -6,11 +6,13 @@
 
 Each problem is wrapped in the Kinetics prompt and the model's chat template (thinking on), sampled N times
 (Kinetics defaults: T 0.6, top-p 0.95, top-k 20), graded (math-verify), re-graded at every --truncation_budgets
-token budget, and priced with the eFLOPs model; one record per (problem, sample) is appended to --output (see
-kinetics_jax/eval/records.py). Killed and restarted with the same flags, it continues where it stopped: records
-already written are kept, problems are skipped, and a torn last line is repaired. A problem's samples do not
-depend on the batch it was decoded in (its PRNG stream is its index in the dataset), so a resumed run writes
-the records an uninterrupted one would. At the end it prints and writes (<output>.summary.json) pass@k, maj@N,
+token budget, and priced with the eFLOPs model. All problems x samples stream through one continuous engine
+(--max_num_seqs decode slots, refilled as samples finish; no per-batch barrier), and each sample's record is
+appended to --output as soon as it finishes (see kinetics_jax/eval/records.py). Killed and restarted with the
+same flags, it continues where it stopped: records already written are kept, their (problem, sample) pairs are
+not decoded again, and a torn last line is repaired. A sample does not depend on the slot, neighbours or order
+it was decoded in (its PRNG stream is its problem's index in the dataset), so a resumed run writes the records
+an uninterrupted one would. At the end it prints and writes (<output>.summary.json) pass@k, maj@N,
 accuracy, mean length and eFLOPs per problem, and a per-problem table (<output>.per_query.csv).
 
 On a pod every process runs the same command (with --mesh_shape, and --coordinator_address / --num_processes /
@@ -40,7 +42,7 @@ from kinetics_jax.sampling import flags as sampling_flags
 from kinetics_jax.sharding import flags as sharding_flags
 from kinetics_jax.checkpoint import shipped
 from kinetics_jax.eval import datasets, metrics, results
-from kinetics_jax.eval.records import sample_records
+from kinetics_jax.eval.records import sample_record
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kinetics_jax", "assets",
                         "tiny-random-qwen3")
@@ -58,9 +60,8 @@ _BUDGETS = cli.define_int_list("truncation_budgets", None, "Token budgets at whi
                                "(default: 2048, 4096, ... below --max_new_tokens).")
 _SKIP_OVERLONG = flags.DEFINE_bool("skip_overlong", False, "Skip (and list in the summary) the problems whose prompt "
                                    "+ --max_new_tokens exceed the model's context, instead of refusing the run.")
-_BATCH = flags.DEFINE_integer("problems_per_batch", 4, "Problems decoded together (x N sequences).",
-                              lower_bound=1)
 sampling_flags.define_flags()
+sampling_flags.define_engine_flags()
 _THINKING = flags.DEFINE_bool("enable_thinking", True, "Qwen3 thinking mode in the chat template.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute and parameter dtype.")
@@ -161,47 +162,56 @@ def main(argv: list[str]) -> int:
         model = kj.load_model(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value), mesh=mesh)
         name = _MODEL_NAME.value or os.path.basename(os.path.normpath(_CHECKPOINT.value))
         n = _NUM_SAMPLES.value
-        finished = np.asarray([writer and all(store.done(problems[i].id, s) for s in range(n)) for i in keep],
-                              bool)
-        finished = kj.sharding.broadcast(finished)  # every process must decode the same batches
-        todo = [i for i, f in zip(keep, finished) if not f]
+        # Which (problem, sample) pairs the results file holds; every process must run the same request.
+        held = np.asarray([[writer and store.done(problems[i].id, s) for s in range(n)] for i in keep],
+                          bool).reshape(len(keep), n)
+        held = kj.sharding.broadcast(held)
+        todo = [(i, row) for i, row in zip(keep, held) if not row.all()]
         logging.info("%d problems, %d already done, %d to go, %d skipped; writing %s", len(problems),
                      len(keep) - len(todo), len(todo), len(skipped), _OUTPUT.value)
-        def request(batch: list[int]) -> dict:
-            return dict(prompts=[prompts[i] for i in batch], num_samples=n, max_new_tokens=_MAX_NEW.value,
-                        attention=attention, seed=_SEED.value, eos_token_ids=tokenizer.eos_token_ids,
-                        vocab_size=tokenizer.vocab_size, stream_ids=batch, mesh=mesh)
-
-        batches = [todo[first:first + _BATCH.value] for first in range(0, len(todo), _BATCH.value)]
-        for batch in batches:  # every batch is checked before the first one runs
-            engine.check(model, **request(batch))
+        request = dict(prompts=[prompts[i] for i, _ in todo], num_samples=n, max_new_tokens=_MAX_NEW.value,
+                       attention=attention, seed=_SEED.value, eos_token_ids=tokenizer.eos_token_ids,
+                       vocab_size=tokenizer.vocab_size, stream_ids=[i for i, _ in todo], mesh=mesh,
+                       skip={(j, s) for j, (_, row) in enumerate(todo) for s in range(n) if row[s]},
+                       **sampling_flags.engine_from_flags())
         done = store.records if writer else []
         bar = tqdm(total=len(keep) * n, initial=len(done), unit="sample", desc=f"{name} {_DATASET.value}",
                    disable=not writer)
         correct = sum(r["correct"] for r in done)
-        for batch in batches:
-            result = kj.generate(model, **request(batch), sampling=sampling,
-                                 repetition=kj.RepetitionStop() if _STRATEGY.value == "long_cot" else None)
+
+        def write(samples: list[kj.FinishedSample]) -> None:
+            """Records the samples that just finished (process 0)."""
+            nonlocal correct
             if not writer:
-                continue
+                return
             new = []
-            for p, i in enumerate(batch):
-                rows = sample_records(
-                    result, p, model=name, config=model.config, dataset=problems[i].dataset,
-                    problem_id=problems[i].id, gold=problems[i].answer, prompt_length=len(prompts[i]),
-                    tokenizer=tokenizer, budgets=budgets, attention=attention, hardware=_HARDWARE.value,
-                    dtype=_DTYPE.value)
-                new += [r for r in rows if not store.done(problems[i].id, r["sample_index"])]
+            for f in samples:
+                problem = problems[todo[f.prompt][0]]
+                new.append(sample_record(
+                    f.tokens, f.finish_reason, sample_index=f.sample, num_samples=n, model=name,
+                    config=model.config, dataset=problem.dataset, problem_id=problem.id, gold=problem.answer,
+                    prompt_length=len(prompts[todo[f.prompt][0]]), tokenizer=tokenizer, budgets=budgets,
+                    attention=attention, hardware=_HARDWARE.value, dtype=_DTYPE.value))
             store.append(new)
             correct += sum(r["correct"] for r in new)
             bar.update(len(new))
             bar.set_postfix(accuracy=f"{correct / max(bar.n, 1):.3f}")
+
+        if todo:
+            engine.check(model, **request)  # before any compute
+            kj.generate(model, **request, sampling=sampling, on_finish=write,
+                        repetition=kj.RepetitionStop() if _STRATEGY.value == "long_cot" else None)
         bar.close()
         if not writer:
             return 0
-        summary = {**_summary(store.records, model, attention), "skipped_problems": skipped}
+        # The file holds records in the order samples finished; the summary reads them in dataset order, so that
+        # it does not depend on the engine's schedule (slots, mesh).
+        position = {problem.id: i for i, problem in enumerate(problems)}
+        ordered = sorted(store.records, key=lambda r: (position.get(r["problem_id"], len(problems)),
+                                                       r["sample_index"]))
+        summary = {**_summary(ordered, model, attention), "skipped_problems": skipped}
         _write_json(_OUTPUT.value + ".summary.json", summary)
-        _write_csv(_OUTPUT.value + ".per_query.csv", metrics.per_query_table(store.records))
+        _write_csv(_OUTPUT.value + ".per_query.csv", metrics.per_query_table(ordered))
     print(f"\n{name} on {_DATASET.value} ({summary['problems']} problems x {n} samples, {_STRATEGY.value}, "
           f"{attention.describe()}):")
     for key, value in summary.items():

@@ -11,8 +11,9 @@ chat template (thinking on by default) when its tokenizer has one. Each output l
 "attention"} (prompt_length in tokens, chat template included; attention: AttentionConfig.to_fields()); the file
 is written to a unique temporary path and renamed when complete. The prompts, the flags and the output path are
 checked before the model is loaded, and the output is locked until it is in place: a second generate.py writing
-the same --output is refused. Prompt i draws from random stream i (its index in the input), so its samples do
-not depend on --prompts_per_batch.
+the same --output is refused. All prompts x samples stream through one continuous engine (--max_num_seqs decode
+slots, refilled as samples finish; --chunk_steps steps per compiled call). Prompt i draws from random stream i
+(its index in the input), so its samples do not depend on the slots, the other prompts or the mesh.
 
 On several devices or hosts add --mesh_shape=data,model (and, for an explicit multi-process start,
 --coordinator_address / --num_processes / --process_id); every process runs the same command and process 0
@@ -49,9 +50,8 @@ _CHAT = flags.DEFINE_bool("chat", True, "Wrap prompts in the chat template (when
 _THINKING = flags.DEFINE_bool("enable_thinking", True, "Qwen3 thinking mode in the chat template.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (Best-of-N).", lower_bound=1)
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Generated tokens per sample at most.", lower_bound=1)
-_BATCH = flags.DEFINE_integer("prompts_per_batch", 8, "Prompts decoded together (x num_samples sequences).",
-                              lower_bound=1)
 sampling_flags.define_flags()
+sampling_flags.define_engine_flags()
 _REPETITION = flags.DEFINE_bool("repetition_stop", False, "Stop samples that loop (Kinetics rule).")
 attention_flags.define_flags()
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -101,32 +101,31 @@ def _read_prompts() -> list[str]:
 
 def _records(texts: list[str], ids: list[list[int]], tokenizer: kj.Tokenizer, model: kj.Qwen3ForCausalLM,
              sampling: kj.SamplingConfig, attention: kj.AttentionConfig, mesh) -> tuple[list[dict], int]:
-    """The output records of every (prompt, sample), and the number of generated tokens. Prompt i draws from
-    stream i, so its samples do not depend on --prompts_per_batch or on the other prompts."""
-    records, generated = [], 0
-    batches = range(0, len(ids), _BATCH.value)
+    """The output records of every (prompt, sample) in (prompt, sample) order, and the number of generated
+    tokens. All prompts x samples stream through one continuous engine; prompt i draws from stream i, so its
+    samples do not depend on the other prompts, the slots or the mesh."""
+    records: list[dict] = []
+    request = dict(prompts=ids, num_samples=_NUM_SAMPLES.value, max_new_tokens=_MAX_NEW.value, attention=attention,
+                   seed=_SEED.value, stream_ids=list(range(len(ids))), eos_token_ids=tokenizer.eos_token_ids,
+                   vocab_size=tokenizer.vocab_size, mesh=mesh, **sampling_flags.engine_from_flags())
+    engine.check(model, **request)  # before any compute
+    bar = tqdm(total=len(ids) * _NUM_SAMPLES.value, desc="samples", unit="sample",
+               disable=not kj.sharding.is_writer())
 
-    def request(first: int) -> dict:
-        batch = ids[first:first + _BATCH.value]
-        return dict(prompts=batch, num_samples=_NUM_SAMPLES.value, max_new_tokens=_MAX_NEW.value,
-                    attention=attention, seed=_SEED.value, stream_ids=list(range(first, first + len(batch))),
-                    eos_token_ids=tokenizer.eos_token_ids, vocab_size=tokenizer.vocab_size, mesh=mesh)
+    def collect(samples: list[kj.FinishedSample]) -> None:
+        for f in samples:
+            records.append({"prompt_index": f.prompt, "sample_index": f.sample, "prompt": texts[f.prompt],
+                            "prompt_length": len(ids[f.prompt]),
+                            "text": tokenizer.decode(f.tokens, skip_special_tokens=True), "token_ids": f.tokens,
+                            "length": len(f.tokens), "finish_reason": f.finish_reason,
+                            "attention": attention.to_fields()})
+        bar.update(len(samples))
 
-    for first in batches:  # every batch is checked before the first one runs
-        engine.check(model, **request(first))
-    for first in tqdm(batches, desc="prompts", unit="batch", disable=not kj.sharding.is_writer()):
-        result = kj.generate(model, **request(first), sampling=sampling,
-                             repetition=kj.RepetitionStop() if _REPETITION.value else None)
-        generated += int(result.lengths.sum())
-        for p in range(result.tokens.shape[0]):
-            for s in range(result.tokens.shape[1]):
-                tokens = result.sequences(p, s)
-                records.append({"prompt_index": first + p, "sample_index": s, "prompt": texts[first + p],
-                                "prompt_length": int(result.prompt_lengths[p]),
-                                "text": tokenizer.decode(tokens, skip_special_tokens=True), "token_ids": tokens,
-                                "length": len(tokens), "finish_reason": str(result.finish_reasons[p, s]),
-                                "attention": attention.to_fields()})
-    return records, generated
+    kj.generate(model, **request, sampling=sampling, on_finish=collect,
+                repetition=kj.RepetitionStop() if _REPETITION.value else None)
+    bar.close()
+    records.sort(key=lambda r: (r["prompt_index"], r["sample_index"]))
+    return records, sum(r["length"] for r in records)
 
 
 def main(argv: list[str]) -> int:

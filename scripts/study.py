@@ -7,7 +7,8 @@
         --policies=dense,block_topk-256 --temperature=0.6 --top_p=0.95 --top_k=20
 
 For every model (a shipped name or a checkpoint directory, orbax or Hugging Face) and attention policy, it samples
---num_samples chains per problem once and records them twice: as a Best-of-N run (pass@k over k of the N
+--num_samples chains per problem once (all problems x samples of a configuration stream through one continuous
+engine of --max_num_seqs slots) and records them twice: as a Best-of-N run (pass@k over k of the N
 samples) and as a long-CoT run (each chain cut at the truncation budgets). Every record is priced with the
 eFLOPs model; kinetics_jax.scaling turns them into frontiers under FLOPs and eFLOPs, the optimal model per budget
 and dense vs sparse frontiers (--out_dir/<strategy>/), and the study writes its own table and figure
@@ -51,12 +52,12 @@ _TASK = flags.DEFINE_enum("task", "chase", ("chase",) + datasets.DATASETS, "What
 _DATASET_PATH = flags.DEFINE_string("dataset_path", None, "Local .jsonl / .parquet of a math --task.")
 _PROBLEMS = flags.DEFINE_integer("problems", 64, "Problems per configuration.", lower_bound=1)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Samples per problem (N).", lower_bound=1)
-_BATCH = flags.DEFINE_integer("problems_per_batch", 16, "Problems decoded together (x N sequences).",
-                              lower_bound=1)
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Generation budget per sample (default: the task's).",
                                 lower_bound=1)
 _BUDGETS = cli.define_int_list("truncation_budgets", None, "Long-CoT budgets in tokens (default: the task's).")
 sampling_flags.define_flags()
+sampling_flags.define_engine_flags()
+flags.FLAGS.set_default("max_num_seqs", study.Settings.max_num_seqs)
 flags.FLAGS.set_default("temperature", 1.0)
 flags.FLAGS.set_default("top_p", 1.0)
 flags.FLAGS.set_default("top_k", 0)
@@ -108,7 +109,7 @@ def main(argv: list[str]) -> int:
     task = _task()
     policies = _policies()
     settings = study.Settings(problems=_PROBLEMS.value, num_samples=_NUM_SAMPLES.value,
-                              problems_per_batch=_BATCH.value, sampling=sampling_flags.config_from_flags(),
+                              **sampling_flags.engine_from_flags(), sampling=sampling_flags.config_from_flags(),
                               seed=_SEED.value, hardware=_HARDWARE.value)
     names = [os.path.basename(os.path.normpath(m)) for m in _MODELS.value]
     if len(set(names)) != len(names):

@@ -190,7 +190,76 @@ def test_bad_arguments_are_refused_before_compute(kwargs, message, models):
             fn(model, _prompts([40, 5]), max_new_tokens=8, **kwargs)
 
 
-def test_a_data_axis_is_refused_with_its_reason(models):
+def test_a_data_axis_gives_the_same_samples_and_counters(models):
+    """Slots split over "data" (2 shards of 2 slots, each its own pool; and a (2, 2) mesh with the KV heads
+    over "model" too): every sample and the summed counters equal the single-shard run's in float32."""
+    model = models["float32"]
+    prompts = _prompts([5, 23, 40, 70, 17], seed=8)
+    kwargs = dict(num_samples=3, max_new_tokens=40, sampling=HOT, eos_token_ids=EOS, max_num_seqs=4,
+                  chunk_steps=6, attention=POLICIES[1])
+    base = generate(model, prompts, **kwargs)
+    for shape in ((2, 1), (2, 2)):
+        result = generate(model, prompts, mesh=meshes.make_mesh(shape, jax.devices()[:shape[0] * shape[1]]),
+                          **kwargs)
+        _same(result, base)
+        np.testing.assert_array_equal(result.attended_tokens, base.attended_tokens)
+        assert result.stats.prefills == len(prompts)
+
+
+def test_bfloat16_samples_on_a_data_axis_do_not_depend_on_their_shard_or_neighbours(models):
+    """bfloat16 on 2 data shards: a prompt's samples are the same whichever shard claims it (arrival order
+    reversed) and alone. (Against the single-shard run they differ in bfloat16: the partitioned program is
+    another XLA program, whose fusions round bfloat16 intermediates elsewhere; float32 is equal, above.)"""
+    model = models["bfloat16"]
     mesh = meshes.make_mesh((2, 1), jax.devices()[:2])
-    with pytest.raises(ValueError, match="'data' axis of 1"):
-        generate(models["float32"], _prompts([5]), max_new_tokens=4, max_num_seqs=2, mesh=mesh)
+    prompts = _prompts([5, 23, 40, 70, 17], seed=8)
+    kwargs = dict(num_samples=3, max_new_tokens=40, sampling=HOT, eos_token_ids=EOS, max_num_seqs=4,
+                  chunk_steps=6, mesh=mesh)
+    base = generate(model, prompts, stream_ids=[0, 1, 2, 3, 4], **kwargs)
+    reverse = generate(model, prompts[::-1], stream_ids=[4, 3, 2, 1, 0], **kwargs)
+    np.testing.assert_array_equal(reverse.tokens[::-1], base.tokens)
+    alone = generate(model, [prompts[3]], stream_ids=[3], **kwargs)
+    np.testing.assert_array_equal(alone.tokens[0], base.tokens[3])
+
+
+def test_slots_the_data_axis_does_not_divide_are_refused(models):
+    mesh = meshes.make_mesh((2, 1), jax.devices()[:2])
+    for fn in (generate, kj.sampling.engine.check):
+        with pytest.raises(ValueError, match="max_num_seqs \\(3\\) must be a multiple of the mesh's 'data' axis"):
+            fn(models["float32"], _prompts([5]), max_new_tokens=4, max_num_seqs=3, mesh=mesh)
+
+
+def test_skipped_samples_do_not_run_and_on_finish_streams_the_rest(models):
+    """A resumed job skips its finished (prompt, sample) pairs: the others equal the full run's, the skipped
+    are empty ("skipped"), and on_finish gets each sample that ran exactly once, as it finished (several
+    calls); the static batch calls it once with every sample, and refuses skip."""
+    model = models["float32"]
+    prompts = _prompts([5, 23, 40], seed=9)
+    kwargs = dict(num_samples=3, max_new_tokens=30, sampling=HOT, eos_token_ids=EOS, max_num_seqs=2,
+                  chunk_steps=4)
+    full = generate(model, prompts, **kwargs)
+    skip = {(0, 0), (1, 2), (2, 0), (2, 1), (2, 2)}
+    calls = []
+    part = generate(model, prompts, skip=skip, on_finish=calls.append, **kwargs)
+    got = [sample for call in calls for sample in call]
+    assert len(calls) > 1 and sorted((f.prompt, f.sample) for f in got) == sorted(
+        (p, s) for p in range(3) for s in range(3) if (p, s) not in skip)
+    for f in got:
+        assert f.tokens == full.sequences(f.prompt, f.sample)
+        assert f.finish_reason == full.finish_reasons[f.prompt, f.sample]
+    for p in range(3):
+        for s in range(3):
+            if (p, s) in skip:
+                assert part.finish_reasons[p, s] == "skipped" and part.lengths[p, s] == 0
+            else:
+                assert part.sequences(p, s) == full.sequences(p, s)
+    assert part.stats.prefills == 2  # prompt 2 never ran
+    static_calls = []
+    static = generate(model, prompts, on_finish=static_calls.append, **{**kwargs, "max_num_seqs": None})
+    assert len(static_calls) == 1 and static_calls[0] == static.finished_samples()
+    for bad, message in [({(0, 3)}, "skip: \\(0, 3\\) is not a \\(prompt, sample\\) pair"),
+                         ({(True, 0)}, "skip: \\(True, 0\\)"), (5, "skip must be a collection")]:
+        with pytest.raises(ValueError, match=message):
+            generate(model, prompts, skip=bad, **kwargs)
+    with pytest.raises(ValueError, match="skip needs the continuous engine"):
+        generate(model, prompts, skip=skip, **{**kwargs, "max_num_seqs": None})

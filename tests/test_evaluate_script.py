@@ -24,7 +24,7 @@ def _dataset(tmp_path) -> str:
 
 def _command(dataset: str, output: str) -> list[str]:
     return [sys.executable, SCRIPT, f"--dataset_path={dataset}", "--dataset=aime24", "--num_samples=2",
-            "--max_new_tokens=24", "--truncation_budgets=8,16", "--problems_per_batch=1", "--dtype=float32",
+            "--max_new_tokens=24", "--truncation_budgets=8,16", "--max_num_seqs=1", "--dtype=float32",
             "--skip_overlong", f"--output={output}"]
 
 
@@ -56,7 +56,8 @@ def test_evaluates_and_resumes_after_a_kill(tmp_path):
     assert len(table) == 1 + PROBLEMS
     assert "pass@2" in result.stdout and "sample" in result.stderr  # summary table and progress bar
 
-    # Kill a second run once some problems are written, tear its last line, resume: the same records.
+    # Kill a second run once some samples are written (one slot: they finish in (problem, sample) order),
+    # tear its last line, resume: the same records.
     killed = str(tmp_path / "killed.jsonl")
     proc = subprocess.Popen(_command(dataset, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=_env())

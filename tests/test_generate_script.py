@@ -20,10 +20,10 @@ def test_generates_jsonl_records(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"problem": p}) for p in ("1+1?", "Name a prime.", "x")) + "\n")
     out = tmp_path / "samples.jsonl"
-    result = _run(f"--prompts_file={prompts}", "--num_samples=2", "--max_new_tokens=12", "--prompts_per_batch=2",
+    result = _run(f"--prompts_file={prompts}", "--num_samples=2", "--max_new_tokens=12", "--max_num_seqs=2",
                   "--temperature=0", f"--output={out}")
     assert result.returncode == 0, result.stderr
-    assert "tokens/s" in result.stderr and "prompts:" in result.stderr  # throughput log and progress bar
+    assert "tokens/s" in result.stderr and "samples:" in result.stderr  # throughput log and progress bar
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["prompt_index"], r["sample_index"]) for r in records] == [(p, s) for p in range(3) for s in range(2)]
     for r in records:

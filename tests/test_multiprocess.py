@@ -2,7 +2,7 @@
 
 scripts/generate.py restores an orbax checkpoint into a (2, 2) mesh spanning both processes and must write the
 tokens a single process writes; scripts/evaluate.py spread over the two processes must write the records of a
-single-process run. Every launch is bounded in time and its process group is killed however the test ends.
+single-process run. Both stream their samples through the continuous engine, its slots split over "data". Every launch is bounded in time and its process group is killed however the test ends.
 """
 
 from __future__ import annotations
@@ -93,11 +93,13 @@ def test_evaluation_spread_over_two_processes_writes_single_host_records(tmp_pat
     dataset.write_text("".join(json.dumps({"id": f"q{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)})
                                + "\n" for i in range(3)))
     common = [f"--dataset_path={dataset}", "--dataset=aime24", "--num_samples=2", "--max_new_tokens=12",
-              "--truncation_budgets=8", "--problems_per_batch=2", "--dtype=float32", "--temperature=0"]
+              "--truncation_budgets=8", "--max_num_seqs=4", "--dtype=float32", "--temperature=0"]
     single, pod = str(tmp_path / "single.jsonl"), str(tmp_path / "pod.jsonl")
     _run("evaluate.py", common + [f"--output={single}"], 1, 1, tmp_path)
     _run("evaluate.py", common + [f"--output={pod}", "--mesh_shape=2,1"], 2, 1, tmp_path)
-    expected = [json.loads(line) for line in open(single)]
-    got = [json.loads(line) for line in open(pod)]
+    # Records are appended as samples finish, so their order follows the schedule (2 data shards here).
+    key = lambda r: (r["problem_id"], r["sample_index"])
+    expected = sorted((json.loads(line) for line in open(single)), key=key)
+    got = sorted((json.loads(line) for line in open(pod)), key=key)
     assert len(got) == 6 and got == expected
     assert json.load(open(pod + ".summary.json")) == json.load(open(single + ".summary.json"))

@@ -57,7 +57,7 @@ def test_run_config_records_both_strategies_and_resumes(random_chase_model, tmp_
     model = kj.load_model(random_chase_model, dtype=jnp.float32)
     tokenizer = kj.Tokenizer.from_dir(random_chase_model)
     chase = study.ChaseTask(truncation_budgets=(8, 16))
-    settings = study.Settings(problems=3, num_samples=2, problems_per_batch=2)
+    settings = study.Settings(problems=3, num_samples=2, max_num_seqs=2)
     attention = AttentionConfig.parse("block_topk-32")
     out = str(tmp_path)
     study.run_config(model, tokenizer, "rand-s", chase, attention, settings, out)
@@ -68,6 +68,23 @@ def test_run_config_records_both_strategies_and_resumes(random_chase_model, tmp_
             assert r["length"] == len(r["token_ids"]) >= 1
             assert set(r["truncation"]) == {str(b) for b in (8, 16) if b < r["length"]}
             assert r["cost"]["hardware"] == "B200" and r["cost"]["eflops"] > r["cost"]["compute_flops"] > 0
+    # A run killed after some samples (their records written as they finished) resumes with the rest only: the
+    # finished (problem, sample) pairs are skipped, and the records equal the uninterrupted run's.
+    full = {s: results.read_records(study.records_path(out, "rand-s", attention, s)) for s in scaling.STRATEGIES}
+    for strategy in scaling.STRATEGIES:
+        path = study.records_path(out, "rand-s", attention, strategy)
+        lines = open(path).read().splitlines(keepends=True)
+        open(path, "w").writelines(lines[:4 if strategy == "best_of_n" else 3])
+    skips = []
+    real = runner.generate
+    monkeypatch.setattr(runner, "generate", lambda m, prompts, **k: skips.append((len(prompts), k["skip"]))
+                        or real(m, prompts, **k))
+    study.run_config(model, tokenizer, "rand-s", chase, attention, settings, out)
+    assert len(skips) == 1 and skips[0][0] * 2 - len(skips[0][1]) == 3  # what both stores hold is not decoded
+    key = lambda r: (r["problem_id"], r["sample_index"])
+    for strategy in scaling.STRATEGIES:
+        again = results.read_records(study.records_path(out, "rand-s", attention, strategy))
+        assert sorted(again, key=key) == sorted(full[strategy], key=key)
     # A second call finds every problem done and decodes nothing.
     monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("resumed study decoded again"))
     study.run_config(model, tokenizer, "rand-s", chase, attention, settings, out)
@@ -117,7 +134,7 @@ def _study(tmp_path, *flags: str) -> subprocess.CompletedProcess:
 
 def test_study_script_end_to_end_on_a_shipped_model(tmp_path):
     done = _study(tmp_path, "--models=tiny-s", "--policies=dense,block_topk-32", "--problems=4",
-                  "--num_samples=2", "--problems_per_batch=4")
+                  "--num_samples=2", "--max_num_seqs=4")
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("study.png", "summary.md", "summary.csv", "summary.json", "best_of_n/frontier.png",
                  "best_of_n/policies.png", "long_cot/frontier.png", "long_cot/summary.json"):

@@ -1,6 +1,6 @@
 """The results record: its schema, the one builder of records, and what its truncation field means.
 
-A record (built by `sample_records` for scripts/evaluate.py and the study, by `make_record` for released traces;
+A record (built by `sample_record` for scripts/evaluate.py and the study, by `make_record` for released traces;
 stored by kinetics_jax.eval.results; read by the scaling analysis) is one JSON object per (problem, sample):
 
     model, model_config (HF config.json dict), dataset, problem_id, gold, sample_index, num_samples,
@@ -130,34 +130,33 @@ def make_record(*, model: str, model_config: dict[str, Any], dataset: str, probl
     return record
 
 
-def sample_records(result: Any, p: int, *, model: str, config: "Qwen3Config", dataset: str, problem_id: str,
-                   gold: str, prompt_length: int, tokenizer: "Tokenizer", budgets: Sequence[int],
-                   attention: "AttentionConfig", hardware: str, dtype: "DTypeLike",
-                   grade: Callable[[str, str], tuple[str | None, bool]] = math_verdict) -> list[dict[str, Any]]:
-    """The N records of prompt p of a generation result (a `GenerationResult`: tokens [P, N, ...],
-    sequences(p, s), finish_reasons [P, N]). Texts are decoded without special tokens; `grade(text, gold)` gives
-    (answer, correct) (default: math-verify); truncation holds the grade of each budget below the trace's length
-    (module docstring); cost is the sample's share of `tts_cost` of the N samples at its length, with `config`,
-    `attention`, `hardware` and the KV cache `dtype`."""
-    n = result.tokens.shape[1]
+def sample_record(tokens: Sequence[int], finish_reason: str, *, sample_index: int, num_samples: int, model: str,
+                  config: "Qwen3Config", dataset: str, problem_id: str, gold: str, prompt_length: int,
+                  tokenizer: "Tokenizer", budgets: Sequence[int], attention: "AttentionConfig", hardware: str,
+                  dtype: "DTypeLike", grade: Callable[[str, str], tuple[str | None, bool]] = math_verdict
+                  ) -> dict[str, Any]:
+    """The record of one generated sample (its ids, the stop token included, and finish reason; sample
+    `sample_index` of `num_samples` of its problem), as generate's on_finish gives it. The text is decoded
+    without special tokens; `grade(text, gold)` gives (answer, correct) (default: math-verify); truncation holds
+    the grade of each budget below the trace's length (module docstring); cost is the sample's share of
+    `tts_cost` of the N samples at its length, with `config`, `attention`, `hardware` and the KV cache
+    `dtype`."""
+    tokens = [int(t) for t in tokens]
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)
 
-    out = []
-    for s in range(n):
-        tokens = result.sequences(p, s)
-        text = decode(tokens)
-        answer, correct = grade(text, gold)
-        truncation = metrics.truncated_grades(tokens, [b for b in budgets if b < len(tokens)], decode,
-                                              lambda cut: grade(cut, gold)[1])
-        share = tts_cost(config, prompt_len=prompt_length, gen_lens=len(tokens), num_samples=n,
-                         attention=attention, hardware=hardware, dtype=dtype)
-        out.append(make_record(
-            model=model, model_config=config.to_hf_dict(), dataset=dataset, problem_id=problem_id, gold=gold,
-            sample_index=s, num_samples=n, prompt_length=prompt_length, length=len(tokens),
-            finish_reason=str(result.finish_reasons[p, s]), text=text, token_ids=tokens, answer=answer,
-            correct=bool(correct), truncation={str(b): bool(c) for b, c in truncation.items()},
-            cost={"compute_flops": share.compute_flops / n, "memory_bytes": share.memory_bytes / n,
-                  "eflops": share.eflops / n, "hardware": share.hardware}))
-    return out
+    text = decode(tokens)
+    answer, correct = grade(text, gold)
+    truncation = metrics.truncated_grades(tokens, [b for b in budgets if b < len(tokens)], decode,
+                                          lambda cut: grade(cut, gold)[1])
+    n = num_samples
+    share = tts_cost(config, prompt_len=prompt_length, gen_lens=len(tokens), num_samples=n, attention=attention,
+                     hardware=hardware, dtype=dtype)
+    return make_record(
+        model=model, model_config=config.to_hf_dict(), dataset=dataset, problem_id=problem_id, gold=gold,
+        sample_index=sample_index, num_samples=n, prompt_length=prompt_length, length=len(tokens),
+        finish_reason=finish_reason, text=text, token_ids=tokens, answer=answer, correct=bool(correct),
+        truncation={str(b): bool(c) for b, c in truncation.items()},
+        cost={"compute_flops": share.compute_flops / n, "memory_bytes": share.memory_bytes / n,
+              "eflops": share.eflops / n, "hardware": share.hardware})

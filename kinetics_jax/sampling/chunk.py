@@ -1,10 +1,10 @@
-"""The continuous engine's two compiled programs: one prompt's prefill into the shared page pool (with its
-samples' first tokens), and a decode chunk of up to K steps over the engine's fixed slots.
+"""The continuous engine's two compiled programs: a prefill of one prompt per data shard into that shard's page
+pool (with its samples' first tokens), and a decode chunk of up to K steps over the engine's fixed slots.
 
-Every shape that touches a row's numerics is the engine's, not its neighbours': a prompt is prefilled alone at
-its own length bucket, the chunk always runs `max_num_seqs` rows over page tables of one width, and an empty or
-finished slot reads no KV (its length is 0). So a sample's tokens do not depend on its slot, on the sequences
-beside it, on arrival order or on preemption.
+Every shape that touches a row's numerics is the engine's, not its neighbours': a prompt is prefilled alone in
+its shard at its own length bucket, the chunk always runs `max_num_seqs` rows over page tables of one width, and
+an empty or finished slot reads no KV (its length is 0). So a sample's tokens do not depend on its slot, on the
+sequences beside it, on arrival order or on preemption.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -27,14 +28,15 @@ from kinetics_jax.sampling.samplers import SamplingConfig, sample, sample_keys
 from kinetics_jax.sampling.scheduler import SlotInputs
 from kinetics_jax.sampling.stops import EOS, LENGTH, REPETITION, RUNNING, RepetitionStop, repeated
 from kinetics_jax.sharding import meshes, placement
+from kinetics_jax.sharding.axes import BATCH
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineStatic:
     """What shapes the engine's programs (hashable: a static jit argument). num_samples: samples per prompt
     (the first tokens a prefill draws); max_num_seqs: decode slots; chunk: steps per decode chunk; buffer: the
-    per-step counter rows and the token history of the repetition stop (>= max_new_tokens); pool_pages: the page
-    pool, the null page included."""
+    per-step counter rows and the token history of the repetition stop (>= max_new_tokens); pool_pages: the whole
+    page pool, data shards x pages per shard (each shard's null page included)."""
 
     graphdef: nnx.GraphDef
     mesh: Mesh
@@ -83,28 +85,52 @@ def empty_state(static: EngineStatic, model: Qwen3ForCausalLM) -> EngineState:
     return _empty_state(static, model.config, jnp.dtype(model.dtype))
 
 
-def _prefill_impl(static: EngineStatic, params: nnx.State, engine: EngineState, prompt_ids: jax.Array,
-                  prompt_length: jax.Array, writes: jax.Array, stream: jax.Array, seed: jax.Array
-                  ) -> tuple[EngineState, jax.Array]:
-    """Prefills one prompt int32[1, T] (right-padded to its own bucket) into the pool through its page writes
-    int32[3, n], and draws its N samples' first tokens (keys (seed, stream, s, 0)). Returns (state, int32[N])."""
+class PrefillRows(NamedTuple):
+    """One prefill call's inputs, a row per data shard (D rows; a shard with nothing to prefill gets a
+    one-token dummy whose K/V go to its null page): prompt_ids int32[D, T] (right-padded to the call's length
+    bucket), prompt_lengths int32[D], writes int32[3, D * n] (each shard's page writes into its own pool,
+    shard-major), streams int32[D] (the prompt's stream id, its uint32 bits)."""
+
+    prompt_ids: np.ndarray
+    prompt_lengths: np.ndarray
+    writes: np.ndarray
+    streams: np.ndarray
+
+    @staticmethod
+    def axes() -> "PrefillRows":
+        return PrefillRows((BATCH, None), (BATCH,), (None, BATCH), (BATCH,))
+
+    def placed(self, mesh: Mesh) -> "PrefillRows":
+        return PrefillRows(*(placement.put(x, axes, mesh) for x, axes in zip(self, self.axes())))
+
+
+def _prefill_impl(static: EngineStatic, params: nnx.State, engine: EngineState, rows: PrefillRows,
+                  seed: jax.Array) -> tuple[EngineState, jax.Array]:
+    """Prefills one prompt per data shard (see PrefillRows) into the shards' pools, and draws each prompt's N
+    samples' first tokens (keys (seed, stream, s, 0)). Returns (state, int32[D, N])."""
     model: Qwen3ForCausalLM = nnx.merge(static.graphdef, params)
-    logits, cache = prefill_into(model, engine.cache, prompt_ids, prompt_length, writes, static.attention,
-                                 static.mesh)
-    n = static.num_samples
-    keys = sample_keys(seed, jnp.broadcast_to(stream, (n,)), jnp.arange(n, dtype=jnp.int32), jnp.int32(0))
-    first = sample(jnp.broadcast_to(logits, (n, logits.shape[-1])), keys, static.sampling, static.vocab_size)
+    logits, cache = prefill_into(model, engine.cache, rows.prompt_ids, rows.prompt_lengths, rows.writes,
+                                 static.attention, static.mesh)
+    d, n = rows.prompt_ids.shape[0], static.num_samples
+    keys = sample_keys(seed, jnp.repeat(rows.streams, n), jnp.tile(jnp.arange(n, dtype=jnp.int32), d),
+                       jnp.int32(0))
+    first = sample(jnp.repeat(logits, n, axis=0), keys, static.sampling, static.vocab_size).reshape(d, n)
     return engine._replace(cache=cache), jax.lax.with_sharding_constraint(first, placement.replicated(static.mesh))
 
 
 prefill_prompt = jax.jit(_prefill_impl, static_argnames=("static",), donate_argnames=("engine",))
 
 
-def _copy_pages(cache: KVCache, src: jax.Array, dst: jax.Array) -> KVCache:
-    """Page dst[i] := page src[i] in every layer of the K and V pools (the null page takes the padding
-    copies). A copied page is a partial prompt page: it has no summaries yet."""
-    return cache._replace(k=cache.k.at[:, :, dst].set(cache.k[:, :, src]),
-                          v=cache.v.at[:, :, dst].set(cache.v[:, :, src]))
+def _copy_pages(cache: KVCache, src: jax.Array, dst: jax.Array, layout: PagedLayout, mesh: Mesh) -> KVCache:
+    """Page dst[i] := page src[i] in every layer of the K and V pools, in each data shard's own pool (src and
+    dst int32[S], shard-local ids; the null page takes the padding copies). A copied page is a partial prompt
+    page: it has no summaries yet."""
+    def local(cache: KVCache, src: jax.Array, dst: jax.Array) -> KVCache:
+        return cache._replace(k=cache.k.at[:, :, dst].set(cache.k[:, :, src]),
+                              v=cache.v.at[:, :, dst].set(cache.v[:, :, src]))
+
+    cache_axes = layout.axes()
+    return placement.per_shard(local, mesh, (cache_axes, (BATCH,), (BATCH,)), cache_axes)(cache, src, dst)
 
 
 class ChunkOutput(NamedTuple):
@@ -124,7 +150,7 @@ def _chunk_impl(static: EngineStatic, params: nnx.State, engine: EngineState, ro
     each running row's last token at its position, samples its next token (keys (seed, stream, sample,
     generated)), and stops it at an EOS id, max_new_tokens or the repetition stop."""
     model: Qwen3ForCausalLM = nnx.merge(static.graphdef, params)
-    cache = _copy_pages(engine.cache, rows.copy_from, rows.copy_to)
+    cache = _copy_pages(engine.cache, rows.copy_from, rows.copy_to, static.layout(model.config), static.mesh)
     history = engine.history
     if static.repetition is not None:  # a fresh row's history: its first token, then nothing
         start = jnp.full(history.shape, -1, jnp.int32).at[:, 0].set(rows.tokens)

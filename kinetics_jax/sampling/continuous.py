@@ -5,15 +5,17 @@ refilled as samples finish, KV pages allocated `chunk_steps` tokens ahead.
 
 The host loop (one iteration per chunk, no Python per token): the scheduler grows the running sequences' pages
 (preempting the most recently admitted when the pool is short) and admits waiting (prompt, sample) sequences
-into free slots; each newly needed prompt is prefilled alone at its own length bucket (its first tokens drawn
-there); then one compiled call decodes up to `chunk_steps` tokens in every slot, and the finished sequences give
-their slots and pages back. The pool holds what the running sequences really use, not prompt + max_new_tokens
+into free slots; each newly needed prompt is prefilled alone in its data shard at its own length bucket (its
+first tokens drawn there; one prompt per shard per call); then one compiled call decodes up to `chunk_steps`
+tokens in every slot, the finished sequences give their slots and pages back, and `on_finish` gets them (a
+script writes their records as they come: no per-batch barrier). On a mesh whose "data" axis is D, each shard
+has its own pool and max_num_seqs / D of the slots (kinetics_jax.sampling.scheduler). The pool holds what the running sequences really use, not prompt + max_new_tokens
 for every sample, so a request whose up-front reservation exceeds the budget completes when its real lengths fit.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from flax import nnx
@@ -25,9 +27,9 @@ from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.policies import AttentionConfig
 from kinetics_jax.sampling import chunk as programs
 from kinetics_jax.sampling.request import Request, bucket, int32_bits
-from kinetics_jax.sampling.result import GenerationResult
+from kinetics_jax.sampling.result import SKIPPED, FinishedSample, GenerationResult
 from kinetics_jax.sampling.samplers import SamplingConfig
-from kinetics_jax.sampling.scheduler import Scheduler
+from kinetics_jax.sampling.scheduler import Prefill, Scheduler
 from kinetics_jax.sampling.stops import FINISH_REASONS, RepetitionStop
 from kinetics_jax.sharding import meshes, placement, planning
 from kinetics_jax.sharding.axes import DATA
@@ -36,19 +38,28 @@ POOL_QUANTUM = 64  # the pool's page count is a multiple of this (a shape bucket
 
 
 def pool_pages(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, mesh: Mesh, budget: int,
-               chunk_steps: int) -> int:
-    """The pool size (pages, the null page included): the request's full up-front reservation rounded up to a
-    multiple of POOL_QUANTUM (never more is used), or what the budget holds if that is less. Refuses, before any compute, a
-    budget that cannot hold the longest prompt and its first chunk of new tokens."""
+               max_num_seqs: int, chunk_steps: int) -> int:
+    """The pages of each data shard's pool (its null page included): the most the shard can use (the request's
+    full up-front reservation, or its max_num_seqs / D slots of the longest sequence beside as many prompts
+    plus one, whichever is less), rounded up to a multiple of POOL_QUANTUM, or what the budget per device
+    holds if that is less. Refuses, before any compute, a budget that cannot hold the longest prompt and its
+    first chunk of new tokens, and a max_num_seqs that the "data" axis does not divide."""
+    shards = mesh.shape[DATA]
+    if max_num_seqs % shards:
+        raise ValueError(f"max_num_seqs ({max_num_seqs}) must be a multiple of the mesh's 'data' axis ({shards}): "
+                         f"each data shard runs max_num_seqs / {shards} slots")
     layout = PagedLayout.of(attention)
     lengths = [a.size for a in r.prompts]
+    longest, slots = max(lengths), max_num_seqs // shards
     reservation = layout.pool_pages(lengths, r.num_samples, r.max_new_tokens)
+    sequence = ceil_div(longest + r.max_new_tokens - 1 + layout.page_offset, layout.page_size) + 1
+    prompt = ceil_div(longest + layout.page_offset, layout.page_size)
+    most = min(reservation, 1 + slots * sequence + (slots + 1) * prompt)
     bytes_of = lambda n: planning.kv_cache_bytes_per_device(n, model.config, model.dtype, attention, mesh)
     fit = budget * POOL_QUANTUM // bytes_of(POOL_QUANTUM)  # pages are linear in bytes: the most the budget holds
     while fit > 0 and bytes_of(fit) > budget:
         fit -= 1
-    pages = min(ceil_div(reservation, POOL_QUANTUM) * POOL_QUANTUM, fit)
-    longest = max(lengths)
+    pages = min(ceil_div(most, POOL_QUANTUM) * POOL_QUANTUM, fit)
     need = 1 + ceil_div(longest + min(chunk_steps, r.max_new_tokens) + layout.page_offset, layout.page_size)
     if pages < need:
         raise ValueError(f"the cache budget ({budget} bytes per device) holds {fit} KV cache pages of "
@@ -57,68 +68,118 @@ def pool_pages(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, 
     return pages
 
 
+def checked_skip(skip: object, num_prompts: int, num_samples: int) -> frozenset[tuple[int, int]]:
+    """`skip` as a set of (prompt, sample) pairs, each in range; a ValueError names the first bad entry."""
+    try:
+        pairs = list(skip)  # type: ignore[call-overload]
+    except TypeError:
+        raise ValueError(f"skip must be a collection of (prompt, sample) pairs, got {skip!r:.60}") from None
+    out = set()
+    for pair in pairs:
+        if (not isinstance(pair, tuple) or len(pair) != 2
+                or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in pair)
+                or not (0 <= pair[0] < num_prompts and 0 <= pair[1] < num_samples)):
+            raise ValueError(f"skip: {pair!r:.60} is not a (prompt, sample) pair with 0 <= prompt < {num_prompts} "
+                             f"and 0 <= sample < {num_samples}")
+        out.add((int(pair[0]), int(pair[1])))
+    return frozenset(out)
+
+
 def check(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, mesh: Mesh, budget: int,
-          chunk_steps: int) -> None:
+          max_num_seqs: int, chunk_steps: int) -> None:
     """The checks of a checked request (`request.checked`) against the model and mesh for this engine: the
-    policy's layers, the mesh ("data" axis 1), and a pool that holds the longest prompt's first chunk."""
+    policy's layers, the mesh, slots that the "data" axis divides, and pools that hold the longest prompt's
+    first chunk."""
     attention.check_layers(model.config.num_hidden_layers)
     meshes.check_mesh(model.config, mesh)
-    _check_data_axis(mesh)
-    pool_pages(model, r, attention, mesh, budget, chunk_steps)
+    pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
 
 
-def _check_data_axis(mesh: Mesh) -> None:
-    if mesh.shape[DATA] != 1:
-        raise ValueError(f"max_num_seqs: the continuous engine runs on meshes with a 'data' axis of 1 (got mesh "
-                         f"{dict(mesh.shape)}); use the static batch (max_num_seqs=None) to split over 'data'")
+def _prefill_calls(jobs: list[Prefill], shards: int, lengths: list[int]) -> Iterator[list[Prefill | None]]:
+    """The prefill calls for a round's jobs: each call prefills at most one prompt per data shard, all of one
+    length bucket (so that each prompt is prefilled at its own bucket); [shard] -> its job or None."""
+    queues = [[job for job in jobs if job.shard == d] for d in range(shards)]
+    size = lambda job: bucket(lengths[job.prompt], 16)
+    while any(queues):
+        length = size(next(q[0] for q in queues if q))
+        call: list[Prefill | None] = []
+        for q in queues:
+            job = next((job for job in q if size(job) == length), None)
+            if job is not None:
+                q.remove(job)
+            call.append(job)
+        yield call
+
+
+def _prefill_rows(call: list[Prefill | None], r: Request, lengths: list[int]) -> programs.PrefillRows:
+    """One prefill call's inputs (chunk.PrefillRows): a shard without a job gets a one-token dummy whose writes
+    all go to its null page."""
+    real = [job for job in call if job is not None]
+    width = bucket(max(lengths[job.prompt] for job in real), 16)
+    n = bucket(max(job.writes.shape[1] for job in real))
+    d = len(call)
+    ids, sizes = np.zeros((d, width), np.int32), np.ones(d, np.int32)
+    writes, streams = np.zeros((3, d * n), np.int32), np.zeros(d, np.int32)
+    for i, job in enumerate(call):
+        if job is None:
+            continue
+        ids[i, :lengths[job.prompt]] = r.prompts[job.prompt]
+        sizes[i] = lengths[job.prompt]
+        writes[:, i * n:i * n + job.writes.shape[1]] = job.writes
+        streams[i] = int32_bits(r.streams[job.prompt])
+    return programs.PrefillRows(ids, sizes, writes, streams)
 
 
 def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, budget: int, *, sampling: SamplingConfig,
                         attention: AttentionConfig, repetition: RepetitionStop | None, max_num_seqs: int,
-                        chunk_steps: int, on_finish: Callable[[int], None] | None = None) -> GenerationResult:
-    """Runs a checked request (`request.checked`) through the continuous engine; see generate. on_finish(n) is
-    called after each chunk with the number of sequences that finished in it (a progress bar)."""
-    _check_data_axis(mesh)
+                        chunk_steps: int, skip: frozenset[tuple[int, int]] = frozenset(),
+                        on_finish: Callable[[list[FinishedSample]], None] | None = None) -> GenerationResult:
+    """Runs a checked request (`request.checked`) through the continuous engine; see generate. on_finish gets,
+    after each chunk, the sequences that finished in it (in the order they finished); `skip`'s pairs are not
+    run."""
+    shards = mesh.shape[DATA]
     lengths = [a.size for a in r.prompts]
-    num_pages = pool_pages(model, r, attention, mesh, budget, chunk_steps)
+    per_shard = pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
     static = programs.EngineStatic(
         graphdef=nnx.graphdef(model), mesh=mesh, sampling=sampling, attention=attention,
         num_samples=r.num_samples, max_num_seqs=max_num_seqs, chunk=chunk_steps, buffer=bucket(r.max_new_tokens),
-        pool_pages=num_pages, eos_token_ids=r.eos_token_ids, vocab_size=r.vocab_size, repetition=repetition)
+        pool_pages=shards * per_shard, eos_token_ids=r.eos_token_ids, vocab_size=r.vocab_size,
+        repetition=repetition)
     layout = static.layout(model.config)
     width = bucket(ceil_div(max(lengths) + r.max_new_tokens - 1 + layout.page_offset, layout.page_size))
-    scheduler = Scheduler(layout, lengths, r.num_samples, r.max_new_tokens, num_pages=num_pages,
+    scheduler = Scheduler(layout, lengths, r.num_samples, r.max_new_tokens, num_pages=per_shard,
                           max_num_seqs=max_num_seqs, chunk=chunk_steps, streams=r.streams, width=width,
-                          eos_token_ids=r.eos_token_ids)
+                          eos_token_ids=r.eos_token_ids, shards=shards, skip=skip)
     params = placement.place_params(model, mesh)
     engine = programs.empty_state(static, model)
     put = lambda x: placement.put(np.asarray(x, np.int32), None, mesh)
     seed, max_new = put(int32_bits(r.seed)), put(r.max_new_tokens)
-    streams = int32_bits(r.streams)
-    done = 0
     while not scheduler.finished:
-        for job in scheduler.schedule():
-            ids = np.zeros((1, bucket(lengths[job.prompt], 16)), np.int32)
-            ids[0, :lengths[job.prompt]] = r.prompts[job.prompt]
-            writes = np.zeros((3, bucket(job.writes.shape[1])), np.int32)
-            writes[:, :job.writes.shape[1]] = job.writes
-            engine, first = programs.prefill_prompt(static, params, engine, put(ids),
-                                                    put([lengths[job.prompt]]), put(writes),
-                                                    put(streams[job.prompt]), seed)
-            scheduler.fill_first_tokens(job.prompt, np.asarray(first))
+        for call in _prefill_calls(scheduler.schedule(), shards, lengths):
+            engine, first = programs.prefill_prompt(static, params, engine,
+                                                    _prefill_rows(call, r, lengths).placed(mesh), seed)
+            first = np.asarray(first)
+            for d, job in enumerate(call):
+                if job is not None:
+                    scheduler.fill_first_tokens(job, first[d])
         plan = scheduler.chunk_plan()
         if plan.active.any():
             engine, out = programs.decode_chunk(static, params, engine, plan.placed(mesh), max_new, seed,
                                                 put(scheduler.refill_after()))
             scheduler.record(*(np.asarray(x) for x in out))
-        if on_finish is not None:
-            on_finish(len(scheduler.results) - done)
-            done = len(scheduler.results)
-    return _result(scheduler, np.asarray(engine.attended), r, attention)
+        finished = scheduler.take_finished()
+        if on_finish is not None and finished:
+            on_finish([_finished(scheduler, p, s) for p, s in finished])
+    return _result(scheduler, np.asarray(engine.attended), r, attention, skip)
 
 
-def _result(scheduler: Scheduler, attended: np.ndarray, r: Request, attention: AttentionConfig
-            ) -> GenerationResult:
+def _finished(scheduler: Scheduler, p: int, s: int) -> FinishedSample:
+    tokens, reason = scheduler.results[(p, s)]
+    return FinishedSample(p, s, list(tokens), FINISH_REASONS[reason])
+
+
+def _result(scheduler: Scheduler, attended: np.ndarray, r: Request, attention: AttentionConfig,
+            skip: frozenset[tuple[int, int]]) -> GenerationResult:
     p, n, t = len(r.prompts), r.num_samples, r.max_new_tokens
     tokens = np.full((p, n, t), -1, np.int32)
     lengths = np.zeros((p, n), np.int32)
@@ -126,7 +187,10 @@ def _result(scheduler: Scheduler, attended: np.ndarray, r: Request, attention: A
     for (i, s), (seq, reason) in scheduler.results.items():
         tokens[i, s, :len(seq)] = seq
         lengths[i, s], reasons[i, s] = len(seq), reason
-    return GenerationResult(tokens=tokens, lengths=lengths, finish_reasons=np.asarray(FINISH_REASONS)[reasons],
-                            attended_tokens=attended[:int(lengths.max()) - 1].astype(np.int64),
+    finish_reasons = np.asarray(FINISH_REASONS)[reasons]
+    for i, s in skip:
+        finish_reasons[i, s] = SKIPPED
+    return GenerationResult(tokens=tokens, lengths=lengths, finish_reasons=finish_reasons,
+                            attended_tokens=attended[:max(int(lengths.max()) - 1, 0)].astype(np.int64),
                             prompt_lengths=np.asarray([a.size for a in r.prompts], np.int32), attention=attention,
                             stats=scheduler.stats)

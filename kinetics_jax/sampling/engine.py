@@ -12,7 +12,7 @@ order as a `GenerationResult`.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import jax
 import numpy as np
@@ -26,7 +26,7 @@ from kinetics_jax.sampling import continuous, request
 from kinetics_jax.sampling.decode import decode_loop
 from kinetics_jax.sampling.prefill import prefill
 from kinetics_jax.sampling.request import DecodeInputs, DecodeStatic
-from kinetics_jax.sampling.result import GenerationResult
+from kinetics_jax.sampling.result import FinishedSample, GenerationResult
 from kinetics_jax.sampling.samplers import SamplingConfig
 from kinetics_jax.sampling.stops import FINISH_REASONS, RepetitionStop
 from kinetics_jax.sharding import placement
@@ -51,23 +51,35 @@ def check(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_
           attention: AttentionConfig = AttentionConfig(), seed: int = 0, eos_token_ids: Sequence[int] = (),
           vocab_size: int | None = None, cache_budget_bytes: int | None = None,
           stream_ids: Sequence[int] | None = None, mesh: Mesh | None = None, max_num_seqs: int | None = None,
-          chunk_steps: int = 16) -> None:
+          chunk_steps: int = 16, skip: Collection[tuple[int, int]] = ()) -> None:
     """Raises the ValueError that `generate` with these arguments would raise before any compute, computing
     nothing: a script checks every batch of a job with it before the first one runs. The model may be abstract."""
     r, mesh, budget = request.checked(model, prompts, mesh, num_samples=num_samples, max_new_tokens=max_new_tokens,
                                seed=seed, vocab_size=vocab_size, eos_token_ids=eos_token_ids,
                                stream_ids=stream_ids, cache_budget_bytes=cache_budget_bytes)
     if max_num_seqs is None:
+        _static_only(skip)
         request.check_placement(model, [a.size for a in r.prompts], r.num_samples, r.max_new_tokens, attention,
                                 mesh, budget)
         return
-    max_num_seqs, chunk_steps = _engine_sizes(max_num_seqs, chunk_steps)
-    continuous.check(model, r, attention, mesh, budget, chunk_steps)
+    _continuous_arguments(model, r, attention, mesh, budget, max_num_seqs, chunk_steps, skip)
 
 
-def _engine_sizes(max_num_seqs: object, chunk_steps: object) -> tuple[int, int]:
-    return (checked_int(max_num_seqs, "max_num_seqs", minimum=1, why="None: one static batch"),
-            checked_int(chunk_steps, "chunk_steps", minimum=1))
+def _static_only(skip: Collection[tuple[int, int]]) -> None:
+    if skip:
+        raise ValueError("skip needs the continuous engine (max_num_seqs): the static batch decodes every sample")
+
+
+def _continuous_arguments(model: Qwen3ForCausalLM, r: request.Request, attention: AttentionConfig, mesh: Mesh,
+                          budget: int, max_num_seqs: object, chunk_steps: object,
+                          skip: Collection[tuple[int, int]]) -> tuple[int, int, frozenset[tuple[int, int]]]:
+    """The continuous engine's arguments checked (and the request against it): (max_num_seqs, chunk_steps,
+    skip as a set of pairs)."""
+    max_num_seqs = checked_int(max_num_seqs, "max_num_seqs", minimum=1, why="None: one static batch")
+    chunk_steps = checked_int(chunk_steps, "chunk_steps", minimum=1)
+    pairs = continuous.checked_skip(skip, len(r.prompts), r.num_samples)
+    continuous.check(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
+    return max_num_seqs, chunk_steps, pairs
 
 
 def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -76,7 +88,8 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
              vocab_size: int | None = None, repetition: RepetitionStop | None = None,
              cache_budget_bytes: int | None = None, stream_ids: Sequence[int] | None = None,
              mesh: Mesh | None = None, max_num_seqs: int | None = None, chunk_steps: int = 16,
-             on_finish: Callable[[int], None] | None = None) -> GenerationResult:
+             skip: Collection[tuple[int, int]] = (),
+             on_finish: Callable[[list[FinishedSample]], None] | None = None) -> GenerationResult:
     """Samples `num_samples` continuations of every prompt (lists of token ids), up to `max_new_tokens` each.
 
     A sample stops at the first id in `eos_token_ids`, after `max_new_tokens`, or (with `repetition`) when it
@@ -104,18 +117,25 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
     cache reserving prompt + max_new_tokens for every sample) runs the continuous engine instead
     (kinetics_jax.sampling.continuous): that many decode slots, refilled as samples finish, over a page pool
     sized from the cache budget and filled on demand, `chunk_steps` decode steps per compiled call. Its samples
-    do not depend on their slot, their neighbours, arrival order or preemption; on_finish(n) is called after
-    each chunk with the sequences finished in it. It needs a mesh whose "data" axis is 1.
+    do not depend on their slot, their neighbours, arrival order or preemption. On a mesh whose "data" axis is
+    D (a divisor of max_num_seqs), each data shard has max_num_seqs / D slots and its own pool. `skip`: (prompt,
+    sample) pairs it does not decode (a resumed job's finished samples; their result rows are empty, finish
+    reason "skipped").
+
+    on_finish(samples) gets finished samples (`FinishedSample`: prompt, sample, tokens, finish reason) as they
+    come: after each chunk of the continuous engine, the ones that finished in it; once at the end for the
+    static batch. Every process of a multi-host run gets the same calls.
     """
     r, mesh, budget = request.checked(model, prompts, mesh, num_samples=num_samples, max_new_tokens=max_new_tokens,
                                seed=seed, vocab_size=vocab_size, eos_token_ids=eos_token_ids,
                                stream_ids=stream_ids, cache_budget_bytes=cache_budget_bytes)
     if max_num_seqs is not None:
-        max_num_seqs, chunk_steps = _engine_sizes(max_num_seqs, chunk_steps)
-        continuous.check(model, r, attention, mesh, budget, chunk_steps)
+        max_num_seqs, chunk_steps, pairs = _continuous_arguments(model, r, attention, mesh, budget, max_num_seqs,
+                                                                 chunk_steps, skip)
         return continuous.generate_continuous(model, r, mesh, budget, sampling=sampling, attention=attention,
                                               repetition=repetition, max_num_seqs=max_num_seqs,
-                                              chunk_steps=chunk_steps, on_finish=on_finish)
+                                              chunk_steps=chunk_steps, skip=pairs, on_finish=on_finish)
+    _static_only(skip)
     arrays, max_new_tokens = r.prompts, r.max_new_tokens
     program = request.plan_program(model, arrays, r.streams, num_samples=r.num_samples,
                                    max_new_tokens=max_new_tokens, sampling=sampling, attention=attention,
@@ -127,8 +147,11 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
         max_new_tokens=scalar(max_new_tokens), seed=scalar(request.int32_bits(r.seed)))
     order = request.result_rows(program.split, len(arrays))  # [P, N] -> row of the sharded batch
     tokens, generated, reason = (np.asarray(x)[order] for x in (tokens, generated, reason))
-    return GenerationResult(
+    result = GenerationResult(
         tokens=tokens[..., :max_new_tokens], lengths=generated,
         finish_reasons=np.asarray(FINISH_REASONS)[reason],
         attended_tokens=np.asarray(attended)[:int(steps)].astype(np.int64),
         prompt_lengths=np.asarray([a.size for a in arrays], np.int32), attention=attention)
+    if on_finish is not None:
+        on_finish(result.finished_samples())
+    return result

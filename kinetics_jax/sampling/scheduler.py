@@ -10,20 +10,26 @@ chunk. When the pool runs out, the most recently admitted sequence is preempted:
 goes back to the queue to be recomputed from its first token (its keys derive from (seed, stream, sample, step),
 so it regenerates the same tokens).
 
+On a mesh whose "data" axis is D, each data shard has its own pool and max_num_seqs / D slots; a shard with a
+free slot and nothing of its own waiting claims the next unclaimed prompt, and all of that prompt's samples run
+there (its pages are in that shard's pool). Prompts thus spread over the shards as slots free up.
+
     scheduler = Scheduler(layout, prompt_lengths, ...)
     while not scheduler.finished:
         for prefill in scheduler.schedule():   # grow the running, admit the waiting: the prompts to prefill
-            scheduler.fill_first_tokens(prefill.prompt, <its samples' first tokens>)
+            scheduler.fill_first_tokens(prefill, <its samples' first tokens>)
         plan = scheduler.chunk_plan()          # every slot's row for the next decode chunk
         if plan.active.any():
             scheduler.record(<the chunk's tokens, generated counts and finish reasons>)
+        scheduler.take_finished()              # the (prompt, sample) pairs that just finished
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
-from typing import NamedTuple
+from typing import Callable, Collection, Iterator, NamedTuple
 
 import numpy as np
 from jax.sharding import Mesh
@@ -94,15 +100,17 @@ class _Sequence:
 
 @dataclasses.dataclass(frozen=True)
 class Prefill:
-    """One prompt to prefill: its index, and its page writes int32[3, n] as sampling.prefill takes them
-    (destination page, source block, whether the page is full)."""
+    """One prompt to prefill: its index, the data shard whose pool it goes to, and its page writes int32[3, n]
+    as sampling.prefill takes them (destination page in that pool, source block, whether the page is full)."""
 
     prompt: int
+    shard: int
     writes: np.ndarray
 
 
 class SlotInputs(NamedTuple):
-    """The next decode chunk's inputs, one row per slot (S = max_num_seqs): page_table int32[S, W] (NULL_PAGE
+    """The next decode chunk's inputs, one row per slot (S = max_num_seqs, shard-major: data shard d owns rows
+    d * S / D .. (d + 1) * S / D - 1, and its page ids are local to its pool): page_table int32[S, W] (NULL_PAGE
     in empty slots and past a row's pages), tokens int32[S] (the last sampled token, fed next), positions
     int32[S] (its position), generated int32[S] (tokens sampled so far), active bool[S], streams / samples
     int32[S] (the row's prompt stream id, its uint32 bits, and sample index), fresh bool[S] (admitted since the
@@ -135,7 +143,8 @@ class SlotInputs(NamedTuple):
 class SchedulerStats:
     """prefills: prompt prefills run (a prompt evicted and needed again is prefilled again); preemptions:
     sequences preempted; recomputed_tokens: tokens generated and thrown away by preemption; chunks: decode
-    chunks run; peak_pages: the most pages in use at once (the null page not counted)."""
+    chunks run; peak_pages: the most pages in use at once in one data shard's pool (the null page not
+    counted)."""
 
     prefills: int = 0
     preemptions: int = 0
@@ -144,171 +153,226 @@ class SchedulerStats:
     peak_pages: int = 0
 
 
-class Scheduler:
-    """Continuous batching of `num_samples` samples of each prompt over `max_num_seqs` slots and a pool of
-    `num_pages` pages laid out by `layout`; each decode chunk runs up to `chunk` steps. Sequences are admitted
-    in (prompt, sample) order."""
+class _Geometry(NamedTuple):
+    """What every shard's scheduling reads: the layout, the prompts' lengths, the samples' budget and the chunk."""
 
-    def __init__(self, layout: PagedLayout, prompt_lengths: list[int], num_samples: int, max_new_tokens: int, *,
-                 num_pages: int, max_num_seqs: int, chunk: int, streams: np.ndarray, width: int,
-                 eos_token_ids: tuple[int, ...]):
-        self.layout, self.lengths = layout, list(prompt_lengths)
-        self.eos = set(eos_token_ids)
-        self.max_new_tokens, self.max_num_seqs, self.chunk, self.width = max_new_tokens, max_num_seqs, chunk, width
-        self.streams = np.asarray(streams).astype(np.uint32).view(np.int32)
-        self.pool = PagePool(num_pages)
-        self.stats = SchedulerStats()
-        self._waiting = [(p, s) for p in range(len(prompt_lengths)) for s in range(num_samples)]  # a heap
-        self._waiting_of = np.full(len(prompt_lengths), num_samples, np.int64)
-        self._prompts: dict[int, _Prompt] = {}
-        self._slots: list[_Sequence | None] = [None] * max_num_seqs
-        self._admitted = 0
-        self.results: dict[tuple[int, int], tuple[list[int], int]] = {}  # (p, s) -> (tokens, finish reason)
+    layout: PagedLayout
+    lengths: list[int]
+    max_new_tokens: int
+    chunk: int
 
-    @property
-    def finished(self) -> bool:
-        return not self._waiting and all(seq is None for seq in self._slots)
-
-    # ------------------------------------------------------------------------------------------- page counts
-    def _prompt_pages(self, p: int) -> tuple[int, bool]:
+    def prompt_pages(self, p: int) -> tuple[int, bool]:
         """(full pages, whether there is a partial tail page) of prompt p."""
         virtual = self.lengths[p] + self.layout.page_offset
         return virtual // self.layout.page_size, virtual % self.layout.page_size > 0
 
-    def _own_pages_needed(self, p: int, generated: int) -> int:
+    def own_pages_needed(self, p: int, generated: int) -> int:
         """Own pages a sample of prompt p needs to run its next chunk after `generated` tokens: it feeds the
         tokens at positions length + generated - 1 .. (up to `chunk` of them, never past max_new_tokens - 1)."""
         steps = min(self.chunk, self.max_new_tokens - generated)
         last = self.lengths[p] + generated - 1 + steps  # one past the last position written
-        full, _ = self._prompt_pages(p)
+        full, _ = self.prompt_pages(p)
         return ceil_div(last + self.layout.page_offset, self.layout.page_size) - full
 
-    # ------------------------------------------------------------------------------------------- scheduling
-    def schedule(self) -> list[Prefill]:
-        """Grows every running sequence's pages for the next chunk (preempting the newest when the pool is
-        short), then admits waiting sequences into free slots while pages allow. Returns the prompts to prefill
-        (each needs `fill_first_tokens` before `chunk_plan`)."""
-        self._grow_running()
-        prefills = self._admit()
-        self.stats.peak_pages = self.pool.peak_used
-        return prefills
 
-    def _grow_running(self) -> None:
+class _Shard:
+    """One data shard's part of the engine: its page pool, its slots, the prompts cached in its pool and the
+    waiting sequences of the prompts it has claimed (a heap in (prompt, sample) order)."""
+
+    def __init__(self, index: int, geometry: _Geometry, num_pages: int, slots: int):
+        self.index, self.g = index, geometry
+        self.pool = PagePool(num_pages)
+        self.waiting: list[tuple[int, int]] = []
+        self.waiting_of: dict[int, int] = {}  # claimed prompt -> its samples waiting here
+        self.prompts: dict[int, _Prompt] = {}
+        self.slots: list[_Sequence | None] = [None] * slots
+        self.admitted = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and all(seq is None for seq in self.slots)
+
+    def claim(self, p: int, samples: list[int]) -> None:
+        for s in samples:
+            heapq.heappush(self.waiting, (p, s))
+        self.waiting_of[p] = self.waiting_of.get(p, 0) + len(samples)
+
+    def grow_running(self, stats: SchedulerStats) -> None:
         """Allocates every running sequence's pages for its next chunk, oldest first; when the pool is short,
         frees an idle prompt or preempts the newest running sequence (which may be the one growing)."""
-        for seq in sorted((s for s in self._slots if s is not None), key=lambda s: s.admitted):
-            need = self._own_pages_needed(seq.prompt, len(seq.tokens)) - len(seq.pages)
-            while need > self.pool.free and self._slots[seq.slot] is seq:
-                if not self._make_room():
+        for seq in sorted((s for s in self.slots if s is not None), key=lambda s: s.admitted):
+            need = self.g.own_pages_needed(seq.prompt, len(seq.tokens)) - len(seq.pages)
+            while need > self.pool.free and self.slots[seq.slot] is seq:
+                if not self._make_room(stats):
                     raise RuntimeError(
-                        f"the KV cache pool ({self.pool.num_pages - 1} pages of {self.layout.page_size} tokens) "
-                        f"cannot hold one sequence: prompt {seq.prompt} ({self.lengths[seq.prompt]} tokens) with "
-                        f"{len(seq.tokens)} generated needs {len(seq.pages) + need} own pages beside its "
+                        f"the KV cache pool ({self.pool.num_pages - 1} pages of {self.g.layout.page_size} tokens) "
+                        f"cannot hold one sequence: prompt {seq.prompt} ({self.g.lengths[seq.prompt]} tokens) "
+                        f"with {len(seq.tokens)} generated needs {len(seq.pages) + need} own pages beside its "
                         f"prompt's; raise cache_budget_bytes")
-            if self._slots[seq.slot] is seq and need > 0:
+            if self.slots[seq.slot] is seq and need > 0:
                 seq.pages += self.pool.take(need)
 
-    def _make_room(self) -> bool:
+    def _make_room(self, stats: SchedulerStats) -> bool:
         """Frees pages: a cached prompt none of whose samples runs, else the most recently admitted running
         sequence, preempted back to the queue unless it is the only one running. False if nothing was freed."""
-        idle = [p for p, entry in self._prompts.items() if entry.running == 0]
+        idle = [p for p, entry in self.prompts.items() if entry.running == 0]
         if idle:
-            self.pool.give(self._prompts.pop(max(idle)).pages)
+            self.pool.give(self.prompts.pop(max(idle)).pages)
             return True
-        running = [s for s in self._slots if s is not None]
+        running = [s for s in self.slots if s is not None]
         if len(running) < 2:
             return False
         victim = max(running, key=lambda s: s.admitted)
-        heapq.heappush(self._waiting, (victim.prompt, victim.sample))
-        self._waiting_of[victim.prompt] += 1  # before the release: its prompt stays cached for it
+        self.claim(victim.prompt, [victim.sample])  # before the release: its prompt stays cached for it
         self._release(victim)
-        self.stats.preemptions += 1
-        self.stats.recomputed_tokens += len(victim.tokens)
+        stats.preemptions += 1
+        stats.recomputed_tokens += len(victim.tokens)
         return True
 
     def _release(self, seq: _Sequence) -> None:
         """Frees a sequence's slot and own pages, and its prompt's pages if it was the prompt's last user."""
-        self._slots[seq.slot] = None
+        self.slots[seq.slot] = None
         self.pool.give(seq.pages)
-        entry = self._prompts[seq.prompt]
+        entry = self.prompts[seq.prompt]
         entry.running -= 1
-        if entry.running == 0 and self._waiting_of[seq.prompt] == 0:
-            self.pool.give(self._prompts.pop(seq.prompt).pages)
+        if entry.running == 0 and self.waiting_of[seq.prompt] == 0:
+            self.pool.give(self.prompts.pop(seq.prompt).pages)
+            del self.waiting_of[seq.prompt]
 
-    def _admit(self) -> list[Prefill]:
+    def admit(self, stats: SchedulerStats, claim_next: Callable[["_Shard"], bool]) -> list[Prefill]:
         """Admits waiting sequences, in (prompt, sample) order, into free slots while the pool holds their
         prompt (unless cached) and first chunk and still leaves the running sequences room for their next
-        chunk (so that admission does not force an immediate preemption)."""
+        chunk (so that admission does not force an immediate preemption). With nothing of its own waiting, the
+        shard claims the next unclaimed prompt (claim_next)."""
         prefills: list[Prefill] = []
-        free_slots = [i for i, s in enumerate(self._slots) if s is None]
-        growth = ceil_div(self.chunk, self.layout.page_size) + 1  # own pages a sequence may take per chunk
-        while self._waiting and free_slots:
-            p, s = self._waiting[0]
-            full, partial = self._prompt_pages(p)
-            running = sum(seq is not None for seq in self._slots)
-            need = (0 if p in self._prompts else full + partial) + self._own_pages_needed(p, 1)
+        free_slots = [i for i, s in enumerate(self.slots) if s is None]
+        growth = ceil_div(self.g.chunk, self.g.layout.page_size) + 1  # own pages a sequence may take per chunk
+        while free_slots and (self.waiting or claim_next(self)):
+            p, s = self.waiting[0]
+            full, partial = self.g.prompt_pages(p)
+            running = sum(seq is not None for seq in self.slots)
+            need = (0 if p in self.prompts else full + partial) + self.g.own_pages_needed(p, 1)
             if need + running * growth > self.pool.free:
                 if running:
                     break
-                if need > self.pool.free and not self._make_room():  # an idle cached prompt may go
+                if need > self.pool.free and not self._make_room(stats):  # an idle cached prompt may go
                     raise RuntimeError(
-                        f"the KV cache pool ({self.pool.num_pages - 1} pages of {self.layout.page_size} tokens) "
-                        f"cannot hold prompt {p} ({self.lengths[p]} tokens) and its first "
-                        f"{min(self.chunk, self.max_new_tokens)} new tokens; raise cache_budget_bytes")
+                        f"the KV cache pool ({self.pool.num_pages - 1} pages of {self.g.layout.page_size} tokens) "
+                        f"cannot hold prompt {p} ({self.g.lengths[p]} tokens) and its first "
+                        f"{min(self.g.chunk, self.g.max_new_tokens)} new tokens; raise cache_budget_bytes")
                 if need > self.pool.free:
                     continue
-            heapq.heappop(self._waiting)
-            self._waiting_of[p] -= 1
-            if p not in self._prompts:
+            heapq.heappop(self.waiting)
+            self.waiting_of[p] -= 1
+            if p not in self.prompts:
                 pages = self.pool.take(full + partial)
-                self._prompts[p] = _Prompt(pages[:full], pages[full] if partial else NULL_PAGE)
-                prefills.append(Prefill(p, self._writes(pages, partial)))
-                self.stats.prefills += 1
-            self._prompts[p].running += 1
-            self._admitted += 1
+                self.prompts[p] = _Prompt(pages[:full], pages[full] if partial else NULL_PAGE)
+                prefills.append(Prefill(p, self.index, _writes(pages, partial)))
+                stats.prefills += 1
+            self.prompts[p].running += 1
+            self.admitted += 1
             slot = free_slots.pop(0)
-            self._slots[slot] = _Sequence(p, s, slot, self._admitted, self.pool.take(self._own_pages_needed(p, 1)),
-                                          [])
+            self.slots[slot] = _Sequence(p, s, slot, self.admitted, self.pool.take(self.g.own_pages_needed(p, 1)),
+                                         [])
         return prefills
 
-    def _writes(self, pages: list[int], partial: bool) -> np.ndarray:
-        """int32[3, n] prefill writes of a prompt into `pages` (its full pages, then its tail)."""
-        full = len(pages) - partial
-        return np.asarray([pages, list(range(len(pages))), [1] * full + [0] * partial], np.int32).reshape(3, -1)
 
-    def fill_first_tokens(self, p: int, first_tokens: np.ndarray) -> None:
-        """The first tokens int32[N] of prompt p's samples, drawn by its prefill."""
-        self._prompts[p].first_tokens = np.asarray(first_tokens)
+def _writes(pages: list[int], partial: bool) -> np.ndarray:
+    """int32[3, n] prefill writes of a prompt into `pages` (its full pages, then its tail)."""
+    full = len(pages) - partial
+    return np.asarray([pages, list(range(len(pages))), [1] * full + [0] * partial], np.int32).reshape(3, -1)
+
+
+class Scheduler:
+    """Continuous batching of `num_samples` samples of each prompt over `max_num_seqs` slots split evenly over
+    `shards` data shards, each with a pool of `num_pages` pages laid out by `layout`; each decode chunk runs up
+    to `chunk` steps. A shard with a free slot and nothing of its own waiting claims the next prompt (in prompt
+    order): all of a prompt's samples run in the shard that holds its pages. `skip`: (prompt, sample) pairs not
+    to run (a resumed job's finished samples)."""
+
+    def __init__(self, layout: PagedLayout, prompt_lengths: list[int], num_samples: int, max_new_tokens: int, *,
+                 num_pages: int, max_num_seqs: int, chunk: int, streams: np.ndarray, width: int,
+                 eos_token_ids: tuple[int, ...], shards: int = 1, skip: Collection[tuple[int, int]] = ()):
+        if max_num_seqs % shards:
+            raise ValueError(f"max_num_seqs ({max_num_seqs}) must be a multiple of the 'data' shards ({shards})")
+        self.g = _Geometry(layout, list(prompt_lengths), max_new_tokens, chunk)
+        self.eos = set(eos_token_ids)
+        self.max_num_seqs, self.width = max_num_seqs, width
+        self.streams = np.asarray(streams).astype(np.uint32).view(np.int32)
+        self.stats = SchedulerStats()
+        self.shards = [_Shard(d, self.g, num_pages, max_num_seqs // shards) for d in range(shards)]
+        skip = set(skip)
+        todo = [(p, [s for s in range(num_samples) if (p, s) not in skip]) for p in range(len(prompt_lengths))]
+        self._unclaimed = collections.deque((p, samples) for p, samples in todo if samples)
+        self._unclaimed_samples = sum(len(samples) for _, samples in self._unclaimed)
+        self.results: dict[tuple[int, int], tuple[list[int], int]] = {}  # (p, s) -> (tokens, finish reason)
+        self._finished: list[tuple[int, int]] = []  # since the last take_finished, in finishing order
+
+    @property
+    def finished(self) -> bool:
+        return not self._unclaimed and all(shard.idle for shard in self.shards)
+
+    def _claim_next(self, shard: _Shard) -> bool:
+        if not self._unclaimed:
+            return False
+        p, samples = self._unclaimed.popleft()
+        self._unclaimed_samples -= len(samples)
+        shard.claim(p, samples)
+        return True
+
+    def schedule(self) -> list[Prefill]:
+        """Grows every running sequence's pages for the next chunk (preempting the newest when a pool is short),
+        then admits waiting sequences into free slots while pages allow, shard by shard. Returns the prompts to
+        prefill (each needs `fill_first_tokens` before `chunk_plan`)."""
+        prefills = []
+        for shard in self.shards:
+            shard.grow_running(self.stats)
+            prefills += shard.admit(self.stats, self._claim_next)
+        self.stats.peak_pages = max(shard.pool.peak_used for shard in self.shards)
+        return prefills
+
+    def fill_first_tokens(self, job: Prefill, first_tokens: np.ndarray) -> None:
+        """The first tokens int32[N] of a prefilled prompt's samples, drawn by its prefill."""
+        self.shards[job.shard].prompts[job.prompt].first_tokens = np.asarray(first_tokens)
 
     def refill_after(self) -> int:
         """How many rows finishing end the next chunk early: with sequences waiting, enough to refill about an
         eighth of the slots (at least one; at most what waits), so a free slot idles a few steps at most;
         with none waiting, never (max_num_seqs + 1)."""
-        if not self._waiting:
+        waiting = self._unclaimed_samples + sum(len(shard.waiting) for shard in self.shards)
+        if not waiting:
             return self.max_num_seqs + 1
-        return max(1, min(len(self._waiting), self.max_num_seqs // 8))
+        return max(1, min(waiting, self.max_num_seqs // 8))
+
+    def _rows(self) -> Iterator[tuple[int, _Shard, _Sequence | None]]:
+        """(row, shard, sequence or None) of every slot, shard-major."""
+        i = 0
+        for shard in self.shards:
+            for seq in shard.slots:
+                yield i, shard, seq
+                i += 1
 
     def chunk_plan(self) -> SlotInputs:
         """The next decode chunk's rows. A sequence admitted since the last chunk takes its first token here; one
         whose first token ends it (an EOS id, or max_new_tokens 1) finishes without a chunk."""
-        for seq in self._slots:
+        for _, shard, seq in self._rows():
             if seq is not None and not seq.tokens:
-                seq.tokens = [int(self._prompts[seq.prompt].first_tokens[seq.sample])]
-                if seq.tokens[0] in self.eos or self.max_new_tokens == 1:
-                    self._finish(seq, EOS if seq.tokens[0] in self.eos else LENGTH)
+                seq.tokens = [int(shard.prompts[seq.prompt].first_tokens[seq.sample])]
+                if seq.tokens[0] in self.eos or self.g.max_new_tokens == 1:
+                    self._finish(shard, seq, EOS if seq.tokens[0] in self.eos else LENGTH)
         s_, w = self.max_num_seqs, self.width
         table = np.full((s_, w), NULL_PAGE, np.int32)
         ints = {name: np.zeros(s_, np.int32) for name in ("tokens", "positions", "generated", "streams", "samples")}
         copy_from, copy_to = np.zeros(s_, np.int32), np.zeros(s_, np.int32)
         active, fresh = np.zeros(s_, bool), np.zeros(s_, bool)
-        for i, seq in enumerate(self._slots):
+        for i, shard, seq in self._rows():
             if seq is None:
                 continue
-            entry = self._prompts[seq.prompt]
+            entry = shard.prompts[seq.prompt]
             row = entry.full + seq.pages
             table[i, :len(row)] = row
             active[i], fresh[i] = True, seq.fresh
-            ints["positions"][i] = self.lengths[seq.prompt] + len(seq.tokens) - 1
+            ints["positions"][i] = self.g.lengths[seq.prompt] + len(seq.tokens) - 1
             ints["generated"][i] = len(seq.tokens)
             ints["tokens"][i] = seq.tokens[-1]
             ints["streams"][i], ints["samples"][i] = self.streams[seq.prompt], seq.sample
@@ -321,7 +385,7 @@ class Scheduler:
         running), generated int32[S] and finish reasons int32[S]; finished rows give back their slots and
         pages."""
         self.stats.chunks += 1
-        for i, seq in enumerate(self._slots):
+        for i, shard, seq in list(self._rows()):
             if seq is None:
                 continue
             seq.fresh = False
@@ -329,8 +393,14 @@ class Scheduler:
             seq.tokens += new.tolist()
             assert len(seq.tokens) == generated[i], (len(seq.tokens), generated[i])
             if reasons[i] != RUNNING:
-                self._finish(seq, int(reasons[i]))
+                self._finish(shard, seq, int(reasons[i]))
 
-    def _finish(self, seq: _Sequence, reason: int) -> None:
+    def _finish(self, shard: _Shard, seq: _Sequence, reason: int) -> None:
         self.results[(seq.prompt, seq.sample)] = (seq.tokens, reason)
-        self._release(seq)
+        self._finished.append((seq.prompt, seq.sample))
+        shard._release(seq)
+
+    def take_finished(self) -> list[tuple[int, int]]:
+        """The (prompt, sample) pairs finished since the last call, in the order they finished."""
+        out, self._finished = self._finished, []
+        return out

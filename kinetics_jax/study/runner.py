@@ -20,27 +20,29 @@ from typing import Any
 from kinetics_jax import scaling
 from kinetics_jax.policies import AttentionConfig
 from kinetics_jax.eval import results
-from kinetics_jax.eval.records import sample_records
+from kinetics_jax.eval.records import sample_record
 from kinetics_jax.model import Qwen3ForCausalLM
-from kinetics_jax.sampling import GenerationResult, SamplingConfig, generate
-from kinetics_jax.study.tasks import Item, Task
+from kinetics_jax.sampling import FinishedSample, SamplingConfig, generate
+from kinetics_jax.study.tasks import Task
 from kinetics_jax.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """problems: how many; num_samples: N per problem; problems_per_batch: problems decoded together (x N
-    sequences: XLA:CPU slows down super-linearly past a few hundred); hardware: what eFLOPs are priced on."""
+    """problems: how many; num_samples: N per problem; max_num_seqs and chunk_steps: the continuous engine's
+    decode slots (every problem x sample of a configuration streams through them) and steps per compiled call;
+    hardware: what eFLOPs are priced on."""
 
     problems: int = 64
     num_samples: int = 8
-    problems_per_batch: int = 16
+    max_num_seqs: int = 128
+    chunk_steps: int = 16
     sampling: SamplingConfig = SamplingConfig()
     seed: int = 0
     hardware: str = "B200"
 
     def __post_init__(self) -> None:
-        for name in ("problems", "num_samples", "problems_per_batch"):
+        for name in ("problems", "num_samples", "max_num_seqs", "chunk_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"study setting {name} must be >= 1, got {getattr(self, name)}")
 
@@ -59,17 +61,6 @@ def records_path(out_dir: str, model: str, attention: AttentionConfig, strategy:
     return os.path.join(out_dir, "records", f"{model}.{attention.policy.label()}.{strategy}.jsonl")
 
 
-def _records(item: Item, prompt_len: int, result: GenerationResult, p: int, task: Task, tokenizer: Tokenizer,
-             model: Qwen3ForCausalLM, name: str, attention: AttentionConfig, settings: Settings
-             ) -> list[dict[str, Any]]:
-    """The N records of prompt p of a result (kinetics_jax.eval.records: graded by the task, truncation at the
-    task's budgets, cost priced on the study's hardware in the model's dtype)."""
-    return sample_records(result, p, model=name, config=model.config, dataset=task.name, problem_id=item.id,
-                          gold=item.gold, prompt_length=prompt_len, tokenizer=tokenizer,
-                          budgets=task.truncation_budgets, attention=attention, hardware=settings.hardware,
-                          dtype=model.dtype, grade=task.grade)
-
-
 def run_config(model: Qwen3ForCausalLM, tokenizer: Tokenizer, name: str, task: Task, attention: AttentionConfig,
                settings: Settings, out_dir: str, bar: Any = None, checkpoint: str = "") -> None:
     """Samples N chains per problem of `task` with `model` under `attention` and appends their records to the
@@ -85,22 +76,36 @@ def run_config(model: Qwen3ForCausalLM, tokenizer: Tokenizer, name: str, task: T
 
 def _sample(model: Qwen3ForCausalLM, tokenizer: Tokenizer, name: str, task: Task, attention: AttentionConfig,
             settings: Settings, stores: dict[str, results.ResultsStore], bar: Any) -> None:
+    """Streams every (problem, sample) not yet in both stores through one continuous engine; each sample's
+    record (graded by the task, truncated at its budgets, priced on the study's hardware in the model's dtype)
+    is appended to the stores that lack it as soon as the sample finishes."""
     n = settings.num_samples
     items = task.items(settings.problems)
-    todo = [(i, item) for i, item in enumerate(items)
-            if not all(store.done(item.id, s) for store in stores.values() for s in range(n))]
+    done = {(i, s) for i, item in enumerate(items) for s in range(n)
+            if all(store.done(item.id, s) for store in stores.values())}
     if bar is not None:
-        bar.update((len(items) - len(todo)) * n)
-    for first in range(0, len(todo), settings.problems_per_batch):
-        batch = todo[first:first + settings.problems_per_batch]
-        prompts = [task.prompt_ids(item, tokenizer) for _, item in batch]
-        result = generate(model, prompts, num_samples=n, max_new_tokens=task.max_new_tokens,
-                          sampling=settings.sampling, attention=attention, seed=settings.seed,
-                          eos_token_ids=tokenizer.eos_token_ids, vocab_size=tokenizer.vocab_size,
-                          stream_ids=[i for i, _ in batch])
-        for p, ((_, item), prompt) in enumerate(zip(batch, prompts)):
-            rows = _records(item, len(prompt), result, p, task, tokenizer, model, name, attention, settings)
-            for strategy, store in stores.items():
-                store.append([r for r in rows if not store.done(item.id, r["sample_index"])])
+        bar.update(len(done))
+    todo = [i for i in range(len(items)) if any((i, s) not in done for s in range(n))]
+    if not todo:
+        return
+    prompts = [task.prompt_ids(items[i], tokenizer) for i in todo]
+
+    def write(samples: list[FinishedSample]) -> None:
+        rows = []
+        for f in samples:
+            item = items[todo[f.prompt]]
+            rows.append((item.id, sample_record(
+                f.tokens, f.finish_reason, sample_index=f.sample, num_samples=n, model=name, config=model.config,
+                dataset=task.name, problem_id=item.id, gold=item.gold, prompt_length=len(prompts[f.prompt]),
+                tokenizer=tokenizer, budgets=task.truncation_budgets, attention=attention,
+                hardware=settings.hardware, dtype=model.dtype, grade=task.grade)))
+        for store in stores.values():
+            store.append([r for problem, r in rows if not store.done(problem, r["sample_index"])])
         if bar is not None:
-            bar.update(len(batch) * n)
+            bar.update(len(samples))
+
+    generate(model, prompts, num_samples=n, max_new_tokens=task.max_new_tokens, sampling=settings.sampling,
+             attention=attention, seed=settings.seed, eos_token_ids=tokenizer.eos_token_ids,
+             vocab_size=tokenizer.vocab_size, stream_ids=todo, max_num_seqs=settings.max_num_seqs,
+             chunk_steps=settings.chunk_steps, skip={(j, s) for j, i in enumerate(todo) for s in range(n)
+                                                     if (i, s) in done}, on_finish=write)
