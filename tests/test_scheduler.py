@@ -27,7 +27,10 @@ def _simulate(layout, lengths, targets, num_pages, max_num_seqs, chunk, max_new=
             dst, block, full = job.writes
             assert list(block) == list(range(len(dst))) and full.sum() == (lengths[job.prompt] +
                                                                            layout.page_offset) // layout.page_size
-            scheduler.fill_first_tokens(job, np.full(num_samples, 5, np.int32))
+            scheduler.set_logits(job, None)
+        for draw in scheduler.first_token_draws():
+            assert len(draw.samples) <= max_num_seqs
+            scheduler.fill_first_tokens(draw, np.full(len(draw.samples), 5, np.int32))
         plan = scheduler.chunk_plan()
         assert all(shard.pool.used <= num_pages - 1 for shard in scheduler.shards)
         rows = [i for i in range(max_num_seqs) if plan.active[i]]
@@ -106,7 +109,10 @@ def test_samples_share_their_prompt_pages():
                           width=8, eos_token_ids=())
     jobs = scheduler.schedule()
     assert len(jobs) == 1  # one prefill for the 4 samples
-    scheduler.fill_first_tokens(jobs[0], np.arange(4, dtype=np.int32))
+    scheduler.set_logits(jobs[0], "logits")
+    (draw,) = scheduler.first_token_draws()
+    assert draw.logits == "logits" and draw.samples == [0, 1, 2, 3]
+    scheduler.fill_first_tokens(draw, np.arange(4, dtype=np.int32))
     plan = scheduler.chunk_plan()
     assert plan.active.all() and (plan.page_table[:, :2] == plan.page_table[0, :2]).all()  # 2 full pages shared
     assert len(set(plan.page_table[:, 2])) == 4  # the partial page: each sample its own copy of the tail
@@ -118,10 +124,12 @@ def test_a_first_token_that_ends_the_sample_needs_no_chunk():
     scheduler = Scheduler(PagedLayout(16), [10], 2, 30, num_pages=100, max_num_seqs=2, chunk=8,
                           streams=np.arange(1), width=8, eos_token_ids=(7,))
     jobs = scheduler.schedule()
-    scheduler.fill_first_tokens(jobs[0], np.asarray([7, 1], np.int32))
+    scheduler.set_logits(jobs[0], None)
+    scheduler.fill_first_tokens(scheduler.first_token_draws()[0], np.asarray([7, 1], np.int32))
     plan = scheduler.chunk_plan()
     assert plan.active.tolist() == [False, True]
-    assert scheduler.results[(0, 0)] == ([7], EOS)
+    tokens, reason = scheduler.results[(0, 0)]
+    assert tokens.tolist() == [7] and reason == EOS
 
 
 def test_a_pool_too_small_for_one_sequence_is_named():

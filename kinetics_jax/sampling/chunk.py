@@ -1,5 +1,6 @@
-"""The continuous engine's two compiled programs: a prefill of one prompt per data shard into that shard's page
-pool (with its samples' first tokens), and a decode chunk of up to K steps over the engine's fixed slots.
+"""The continuous engine's compiled programs: a prefill of one prompt per data shard into that shard's page pool,
+the first tokens of a prompt's newly admitted samples, and a decode chunk of up to K steps over the engine's
+fixed slots.
 
 Every shape that touches a row's numerics is the engine's, not its neighbours': a prompt is prefilled alone in
 its shard at its own length bucket, the chunk always runs `max_num_seqs` rows over page tables of one width, and
@@ -33,8 +34,7 @@ from kinetics_jax.sharding.axes import BATCH
 
 @dataclasses.dataclass(frozen=True)
 class EngineStatic:
-    """What shapes the engine's programs (hashable: a static jit argument). num_samples: samples per prompt
-    (the first tokens a prefill draws); max_num_seqs: decode slots; chunk: steps per decode chunk; buffer: the
+    """What shapes the engine's programs (hashable: a static jit argument). max_num_seqs: decode slots; chunk: steps per decode chunk; buffer: the
     per-step counter rows and the token history of the repetition stop (>= max_new_tokens); pool_pages: the whole
     page pool, data shards x pages per shard (each shard's null page included)."""
 
@@ -42,7 +42,6 @@ class EngineStatic:
     mesh: Mesh
     sampling: SamplingConfig
     attention: AttentionConfig
-    num_samples: int
     max_num_seqs: int
     chunk: int
     buffer: int
@@ -104,21 +103,30 @@ class PrefillRows(NamedTuple):
         return PrefillRows(*(placement.put(x, axes, mesh) for x, axes in zip(self, self.axes())))
 
 
-def _prefill_impl(static: EngineStatic, params: nnx.State, engine: EngineState, rows: PrefillRows,
-                  seed: jax.Array) -> tuple[EngineState, jax.Array]:
-    """Prefills one prompt per data shard (see PrefillRows) into the shards' pools, and draws each prompt's N
-    samples' first tokens (keys (seed, stream, s, 0)). Returns (state, int32[D, N])."""
+def _prefill_impl(static: EngineStatic, params: nnx.State, engine: EngineState, rows: PrefillRows
+                  ) -> tuple[EngineState, jax.Array]:
+    """Prefills one prompt per data shard (see PrefillRows) into the shards' pools. Returns (state, each
+    prompt's last-token logits [D, V], replicated)."""
     model: Qwen3ForCausalLM = nnx.merge(static.graphdef, params)
     logits, cache = prefill_into(model, engine.cache, rows.prompt_ids, rows.prompt_lengths, rows.writes,
                                  static.attention, static.mesh)
-    d, n = rows.prompt_ids.shape[0], static.num_samples
-    keys = sample_keys(seed, jnp.repeat(rows.streams, n), jnp.tile(jnp.arange(n, dtype=jnp.int32), d),
-                       jnp.int32(0))
-    first = sample(jnp.repeat(logits, n, axis=0), keys, static.sampling, static.vocab_size).reshape(d, n)
-    return engine._replace(cache=cache), jax.lax.with_sharding_constraint(first, placement.replicated(static.mesh))
+    return engine._replace(cache=cache), jax.lax.with_sharding_constraint(logits, placement.replicated(static.mesh))
 
 
 prefill_prompt = jax.jit(_prefill_impl, static_argnames=("static",), donate_argnames=("engine",))
+
+
+def _draw_impl(static: EngineStatic, logits: jax.Array, stream: jax.Array, samples: jax.Array, seed: jax.Array
+               ) -> jax.Array:
+    """The first tokens int32[M] of samples int32[M] of one prompt, from its last-token logits [V] (keys
+    (seed, stream, sample, 0)); M is a bucket of the samples admitted at once (at most max_num_seqs)."""
+    m = samples.shape[0]
+    keys = sample_keys(seed, jnp.broadcast_to(stream, (m,)), samples, jnp.int32(0))
+    first = sample(jnp.broadcast_to(logits, (m, logits.shape[-1])), keys, static.sampling, static.vocab_size)
+    return jax.lax.with_sharding_constraint(first, placement.replicated(static.mesh))
+
+
+draw_first = jax.jit(_draw_impl, static_argnames=("static",))
 
 
 def _copy_pages(cache: KVCache, src: jax.Array, dst: jax.Array, layout: PagedLayout, mesh: Mesh) -> KVCache:

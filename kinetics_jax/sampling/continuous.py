@@ -15,6 +15,7 @@ for every sample, so a request whose up-front reservation exceeds the budget com
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterator
 
 import numpy as np
@@ -35,6 +36,22 @@ from kinetics_jax.sharding import meshes, placement, planning
 from kinetics_jax.sharding.axes import DATA
 
 POOL_QUANTUM = 64  # the pool's page count is a multiple of this (a shape bucket)
+# Host bytes per (prompt, sample) beside its 8 bytes per token of budget (the result's int32 row and the
+# finished sample's int32 array): its queue, result and FinishedSample entries (Python objects), rounded up.
+SEQUENCE_HOST_BYTES = 512
+
+
+def _check_host_memory(r: Request) -> None:
+    """Refuses, from arithmetic, a request whose per-sequence host state (the result is int32[P, N, T]) exceeds
+    half the host RAM: an absurd num_samples fails at once, before any compute."""
+    sequences = len(r.prompts) * r.num_samples
+    need = sequences * (8 * r.max_new_tokens + SEQUENCE_HOST_BYTES)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have // 2:
+        raise ValueError(f"{r.num_samples} samples x {len(r.prompts)} prompts of up to {r.max_new_tokens} new tokens "
+                         f"need about {need / 2**30:.1f} GiB of host memory for their tokens and bookkeeping (the "
+                         f"result is int32[prompts, samples, max_new_tokens]); half the host RAM is "
+                         f"{have / 2**31:.1f} GiB: lower num_samples or max_new_tokens, or split the request")
 
 
 def pool_pages(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, mesh: Mesh, budget: int,
@@ -88,10 +105,11 @@ def checked_skip(skip: object, num_prompts: int, num_samples: int) -> frozenset[
 def check(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, mesh: Mesh, budget: int,
           max_num_seqs: int, chunk_steps: int) -> None:
     """The checks of a checked request (`request.checked`) against the model and mesh for this engine: the
-    policy's layers, the mesh, slots that the "data" axis divides, and pools that hold the longest prompt's
-    first chunk."""
+    policy's layers, the mesh, the host memory the request's tokens need, slots that the "data" axis divides,
+    and pools that hold the longest prompt's first chunk."""
     attention.check_layers(model.config.num_hidden_layers)
     meshes.check_mesh(model.config, mesh)
+    _check_host_memory(r)
     pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
 
 
@@ -142,7 +160,7 @@ def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, budget:
     per_shard = pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
     static = programs.EngineStatic(
         graphdef=nnx.graphdef(model), mesh=mesh, sampling=sampling, attention=attention,
-        num_samples=r.num_samples, max_num_seqs=max_num_seqs, chunk=chunk_steps, buffer=bucket(r.max_new_tokens),
+        max_num_seqs=max_num_seqs, chunk=chunk_steps, buffer=bucket(r.max_new_tokens),
         pool_pages=shards * per_shard, eos_token_ids=r.eos_token_ids, vocab_size=r.vocab_size,
         repetition=repetition)
     layout = static.layout(model.config)
@@ -156,12 +174,17 @@ def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, budget:
     seed, max_new = put(int32_bits(r.seed)), put(r.max_new_tokens)
     while not scheduler.finished:
         for call in _prefill_calls(scheduler.schedule(), shards, lengths):
-            engine, first = programs.prefill_prompt(static, params, engine,
-                                                    _prefill_rows(call, r, lengths).placed(mesh), seed)
-            first = np.asarray(first)
+            engine, logits = programs.prefill_prompt(static, params, engine,
+                                                     _prefill_rows(call, r, lengths).placed(mesh))
             for d, job in enumerate(call):
                 if job is not None:
-                    scheduler.fill_first_tokens(job, first[d])
+                    scheduler.set_logits(job, logits[d])
+        for draw in scheduler.first_token_draws():
+            samples = np.zeros(bucket(len(draw.samples)), np.int32)
+            samples[:len(draw.samples)] = draw.samples
+            first = programs.draw_first(static, draw.logits, put(int32_bits(r.streams[draw.prompt])), put(samples),
+                                        seed)
+            scheduler.fill_first_tokens(draw, np.asarray(first))
         plan = scheduler.chunk_plan()
         if plan.active.any():
             engine, out = programs.decode_chunk(static, params, engine, plan.placed(mesh), max_new, seed,
@@ -175,7 +198,7 @@ def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, budget:
 
 def _finished(scheduler: Scheduler, p: int, s: int) -> FinishedSample:
     tokens, reason = scheduler.results[(p, s)]
-    return FinishedSample(p, s, list(tokens), FINISH_REASONS[reason])
+    return FinishedSample(p, s, tokens.tolist(), FINISH_REASONS[reason])
 
 
 def _result(scheduler: Scheduler, attended: np.ndarray, r: Request, attention: AttentionConfig,

@@ -17,7 +17,9 @@ there (its pages are in that shard's pool). Prompts thus spread over the shards 
     scheduler = Scheduler(layout, prompt_lengths, ...)
     while not scheduler.finished:
         for prefill in scheduler.schedule():   # grow the running, admit the waiting: the prompts to prefill
-            scheduler.fill_first_tokens(prefill, <its samples' first tokens>)
+            scheduler.set_logits(prefill, <its last token's logits>)
+        for draw in scheduler.first_token_draws():  # the newly admitted samples' first tokens
+            scheduler.fill_first_tokens(draw, <tokens drawn from draw.logits>)
         plan = scheduler.chunk_plan()          # every slot's row for the next decode chunk
         if plan.active.any():
             scheduler.record(<the chunk's tokens, generated counts and finish reasons>)
@@ -29,7 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
-from typing import Callable, Collection, Iterator, NamedTuple
+from typing import Any, Callable, Collection, Iterator, NamedTuple
 
 import numpy as np
 from jax.sharding import Mesh
@@ -72,12 +74,14 @@ class PagePool:
 class _Prompt:
     """A prompt's cached pages: `full` (shared by its samples) and `tail` (its partial last page, copied into
     each sample's first own page; NULL_PAGE when the prompt ends on a page boundary); `running`: its samples
-    holding a slot; first_tokens int32[N]: each sample's first token (drawn at prefill)."""
+    holding a slot; logits: its last token's logits from the prefill (a device array, opaque here); first:
+    sample -> its first token, drawn from those logits when the sample is admitted."""
 
     full: list[int]
     tail: int
     running: int = 0
-    first_tokens: np.ndarray | None = None
+    logits: Any = None
+    first: dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def pages(self) -> list[int]:
@@ -96,6 +100,17 @@ class _Sequence:
     pages: list[int]
     tokens: list[int]
     fresh: bool = True  # admitted since the last chunk: its first own page is the tail's copy
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstDraw:
+    """First tokens to draw: samples `samples` of prompt `prompt` (cached in data shard `shard`), from its
+    prefill's `logits`."""
+
+    shard: int
+    prompt: int
+    logits: Any
+    samples: list[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +320,7 @@ class Scheduler:
         todo = [(p, [s for s in range(num_samples) if (p, s) not in skip]) for p in range(len(prompt_lengths))]
         self._unclaimed = collections.deque((p, samples) for p, samples in todo if samples)
         self._unclaimed_samples = sum(len(samples) for _, samples in self._unclaimed)
-        self.results: dict[tuple[int, int], tuple[list[int], int]] = {}  # (p, s) -> (tokens, finish reason)
+        self.results: dict[tuple[int, int], tuple[np.ndarray, int]] = {}  # (p, s) -> (int32 tokens, reason)
         self._finished: list[tuple[int, int]] = []  # since the last take_finished, in finishing order
 
     @property
@@ -323,7 +338,7 @@ class Scheduler:
     def schedule(self) -> list[Prefill]:
         """Grows every running sequence's pages for the next chunk (preempting the newest when a pool is short),
         then admits waiting sequences into free slots while pages allow, shard by shard. Returns the prompts to
-        prefill (each needs `fill_first_tokens` before `chunk_plan`)."""
+        prefill (each needs `set_logits`, and the first_token_draws their tokens, before `chunk_plan`)."""
         prefills = []
         for shard in self.shards:
             shard.grow_running(self.stats)
@@ -331,9 +346,23 @@ class Scheduler:
         self.stats.peak_pages = max(shard.pool.peak_used for shard in self.shards)
         return prefills
 
-    def fill_first_tokens(self, job: Prefill, first_tokens: np.ndarray) -> None:
-        """The first tokens int32[N] of a prefilled prompt's samples, drawn by its prefill."""
-        self.shards[job.shard].prompts[job.prompt].first_tokens = np.asarray(first_tokens)
+    def set_logits(self, job: Prefill, logits: Any) -> None:
+        """A prefilled prompt's last-token logits (kept while its pages are cached)."""
+        self.shards[job.shard].prompts[job.prompt].logits = logits
+
+    def first_token_draws(self) -> list[FirstDraw]:
+        """The admitted sequences whose first token is not drawn yet, by prompt (at most max_num_seqs samples
+        in all: first tokens are drawn as samples are admitted, not N at a time)."""
+        wanted: dict[tuple[int, int], list[int]] = {}
+        for _, shard, seq in self._rows():
+            if seq is not None and not seq.tokens and seq.sample not in shard.prompts[seq.prompt].first:
+                wanted.setdefault((shard.index, seq.prompt), []).append(seq.sample)
+        return [FirstDraw(d, p, self.shards[d].prompts[p].logits, samples) for (d, p), samples in wanted.items()]
+
+    def fill_first_tokens(self, draw: FirstDraw, tokens: np.ndarray) -> None:
+        """The first tokens int32[len(draw.samples)] of a draw's samples."""
+        first = self.shards[draw.shard].prompts[draw.prompt].first
+        first.update(zip(draw.samples, np.asarray(tokens)[:len(draw.samples)].tolist()))
 
     def refill_after(self) -> int:
         """How many rows finishing end the next chunk early: with sequences waiting, enough to refill about an
@@ -357,7 +386,7 @@ class Scheduler:
         whose first token ends it (an EOS id, or max_new_tokens 1) finishes without a chunk."""
         for _, shard, seq in self._rows():
             if seq is not None and not seq.tokens:
-                seq.tokens = [int(shard.prompts[seq.prompt].first_tokens[seq.sample])]
+                seq.tokens = [shard.prompts[seq.prompt].first[seq.sample]]
                 if seq.tokens[0] in self.eos or self.g.max_new_tokens == 1:
                     self._finish(shard, seq, EOS if seq.tokens[0] in self.eos else LENGTH)
         s_, w = self.max_num_seqs, self.width
@@ -396,7 +425,7 @@ class Scheduler:
                 self._finish(shard, seq, int(reasons[i]))
 
     def _finish(self, shard: _Shard, seq: _Sequence, reason: int) -> None:
-        self.results[(seq.prompt, seq.sample)] = (seq.tokens, reason)
+        self.results[(seq.prompt, seq.sample)] = (np.asarray(seq.tokens, np.int32), reason)
         self._finished.append((seq.prompt, seq.sample))
         shard._release(seq)
 
