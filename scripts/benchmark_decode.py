@@ -246,7 +246,9 @@ def _sweep() -> None:
                 base = base or seconds
                 rate = (batch / seconds if model_mode else
                         _bytes_needed(variant, batch, context, config, dtype) / seconds / 1e9)
-                rows.append((context, batch, variant.name, f"{seconds * 1e3:10.3f} | {rate:10.1f} | "
+                # Tiny CPU shapes read under 0.1 GB/s, which one decimal could print as 0.0.
+                rate_text = f"{rate:10.1f}" if rate >= 1 else f"{rate:10.4f}"
+                rows.append((context, batch, variant.name, f"{seconds * 1e3:10.3f} | {rate_text} | "
                                                             f"{base / seconds:6.2f}x"))
                 logging.info("%s", rows[-1])
     what = (f"whole-model decode step, {config.num_hidden_layers} layers" if model_mode else
