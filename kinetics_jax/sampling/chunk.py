@@ -34,9 +34,10 @@ from kinetics_jax.sharding.axes import BATCH
 
 @dataclasses.dataclass(frozen=True)
 class EngineStatic:
-    """What shapes the engine's programs (hashable: a static jit argument). max_num_seqs: decode slots; chunk: steps per decode chunk; buffer: the
-    per-step counter rows and the token history of the repetition stop (>= max_new_tokens); pool_pages: the whole
-    page pool, data shards x pages per shard (each shard's null page included)."""
+    """What shapes the engine's programs (hashable: a static jit argument). max_num_seqs: decode slots; chunk:
+    steps per decode chunk; buffer: the per-step counter rows and the token history of the repetition stop
+    (>= max_new_tokens); pool_pages: the whole page pool, data shards x pages per shard (each shard's null page
+    included)."""
 
     graphdef: nnx.GraphDef
     mesh: Mesh

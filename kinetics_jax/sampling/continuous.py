@@ -5,12 +5,14 @@ refilled as samples finish, KV pages allocated `chunk_steps` tokens ahead.
 
 The host loop (one iteration per chunk, no Python per token): the scheduler grows the running sequences' pages
 (preempting the most recently admitted when the pool is short) and admits waiting (prompt, sample) sequences
-into free slots; each newly needed prompt is prefilled alone in its data shard at its own length bucket (its
-first tokens drawn there; one prompt per shard per call); then one compiled call decodes up to `chunk_steps`
-tokens in every slot, the finished sequences give their slots and pages back, and `on_finish` gets them (a
-script writes their records as they come: no per-batch barrier). On a mesh whose "data" axis is D, each shard
-has its own pool and max_num_seqs / D of the slots (kinetics_jax.sampling.scheduler). The pool holds what the running sequences really use, not prompt + max_new_tokens
-for every sample, so a request whose up-front reservation exceeds the budget completes when its real lengths fit.
+into free slots; each newly needed prompt is prefilled alone in its data shard at its own length bucket (one
+prompt per shard per call), and the admitted samples' first tokens are drawn from its last logits; then one
+compiled call decodes up to `chunk_steps` tokens in every slot, the finished sequences give their slots and
+pages back, and `on_finish` gets them (a script writes their records as they come: no per-batch barrier). On a
+mesh whose "data" axis is D, each shard has its own pool and max_num_seqs / D of the slots
+(kinetics_jax.sampling.scheduler). The pool holds what the running sequences really use, not prompt +
+max_new_tokens for every sample, so a request whose up-front reservation exceeds the budget completes when its
+real lengths fit.
 """
 
 from __future__ import annotations
@@ -60,14 +62,10 @@ def pool_pages(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, 
     full up-front reservation, or its max_num_seqs / D slots of the longest sequence beside as many prompts
     plus one, whichever is less), rounded up to a multiple of POOL_QUANTUM, or what the budget per device
     holds if that is less. Refuses, before any compute, a budget that cannot hold the longest prompt and its
-    first chunk of new tokens, and a max_num_seqs that the "data" axis does not divide."""
-    shards = mesh.shape[DATA]
-    if max_num_seqs % shards:
-        raise ValueError(f"max_num_seqs ({max_num_seqs}) must be a multiple of the mesh's 'data' axis ({shards}): "
-                         f"each data shard runs max_num_seqs / {shards} slots")
+    first chunk of new tokens."""
     layout = PagedLayout.of(attention)
     lengths = [a.size for a in r.prompts]
-    longest, slots = max(lengths), max_num_seqs // shards
+    longest, slots = max(lengths), max_num_seqs // mesh.shape[DATA]
     reservation = layout.pool_pages(lengths, r.num_samples, r.max_new_tokens)
     sequence = ceil_div(longest + r.max_new_tokens - 1 + layout.page_offset, layout.page_size) + 1
     prompt = ceil_div(longest + layout.page_offset, layout.page_size)
@@ -103,14 +101,18 @@ def checked_skip(skip: object, num_prompts: int, num_samples: int) -> frozenset[
 
 
 def check(model: Qwen3ForCausalLM, r: Request, attention: AttentionConfig, mesh: Mesh, budget: int,
-          max_num_seqs: int, chunk_steps: int) -> None:
+          max_num_seqs: int, chunk_steps: int) -> int:
     """The checks of a checked request (`request.checked`) against the model and mesh for this engine: the
     policy's layers, the mesh, the host memory the request's tokens need, slots that the "data" axis divides,
-    and pools that hold the longest prompt's first chunk."""
+    and pools that hold the longest prompt's first chunk. Returns the pages of each shard's pool (pool_pages)."""
     attention.check_layers(model.config.num_hidden_layers)
     meshes.check_mesh(model.config, mesh)
     _check_host_memory(r)
-    pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
+    shards = mesh.shape[DATA]
+    if max_num_seqs % shards:
+        raise ValueError(f"max_num_seqs ({max_num_seqs}) must be a multiple of the mesh's 'data' axis ({shards}): "
+                         f"each data shard runs max_num_seqs / {shards} slots")
+    return pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
 
 
 def _prefill_calls(jobs: list[Prefill], shards: int, lengths: list[int]) -> Iterator[list[Prefill | None]]:
@@ -148,16 +150,15 @@ def _prefill_rows(call: list[Prefill | None], r: Request, lengths: list[int]) ->
     return programs.PrefillRows(ids, sizes, writes, streams)
 
 
-def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, budget: int, *, sampling: SamplingConfig,
-                        attention: AttentionConfig, repetition: RepetitionStop | None, max_num_seqs: int,
-                        chunk_steps: int, skip: frozenset[tuple[int, int]] = frozenset(),
+def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, per_shard: int, *,
+                        sampling: SamplingConfig, attention: AttentionConfig, repetition: RepetitionStop | None,
+                        max_num_seqs: int, chunk_steps: int, skip: frozenset[tuple[int, int]] = frozenset(),
                         on_finish: Callable[[list[FinishedSample]], None] | None = None) -> GenerationResult:
-    """Runs a checked request (`request.checked`) through the continuous engine; see generate. on_finish gets,
-    after each chunk, the sequences that finished in it (in the order they finished); `skip`'s pairs are not
-    run."""
+    """Runs a request checked by `check` (which gave `per_shard`, the pages of each shard's pool) through the
+    continuous engine; see generate. on_finish gets, after each chunk, the sequences that finished in it (in the
+    order they finished); `skip`'s pairs are not run."""
     shards = mesh.shape[DATA]
     lengths = [a.size for a in r.prompts]
-    per_shard = pool_pages(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
     static = programs.EngineStatic(
         graphdef=nnx.graphdef(model), mesh=mesh, sampling=sampling, attention=attention,
         max_num_seqs=max_num_seqs, chunk=chunk_steps, buffer=bucket(r.max_new_tokens),

@@ -72,14 +72,15 @@ def _static_only(skip: Collection[tuple[int, int]]) -> None:
 
 def _continuous_arguments(model: Qwen3ForCausalLM, r: request.Request, attention: AttentionConfig, mesh: Mesh,
                           budget: int, max_num_seqs: object, chunk_steps: object,
-                          skip: Collection[tuple[int, int]]) -> tuple[int, int, frozenset[tuple[int, int]]]:
+                          skip: Collection[tuple[int, int]]
+                          ) -> tuple[int, int, frozenset[tuple[int, int]], int]:
     """The continuous engine's arguments checked (and the request against it): (max_num_seqs, chunk_steps,
-    skip as a set of pairs)."""
+    skip as a set of pairs, the pages of each data shard's pool)."""
     max_num_seqs = checked_int(max_num_seqs, "max_num_seqs", minimum=1, why="None: one static batch")
     chunk_steps = checked_int(chunk_steps, "chunk_steps", minimum=1)
     pairs = continuous.checked_skip(skip, len(r.prompts), r.num_samples)
-    continuous.check(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
-    return max_num_seqs, chunk_steps, pairs
+    pages = continuous.check(model, r, attention, mesh, budget, max_num_seqs, chunk_steps)
+    return max_num_seqs, chunk_steps, pairs, pages
 
 
 def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -130,9 +131,9 @@ def generate(model: Qwen3ForCausalLM, prompts: Sequence[Sequence[int]], *, max_n
                                seed=seed, vocab_size=vocab_size, eos_token_ids=eos_token_ids,
                                stream_ids=stream_ids, cache_budget_bytes=cache_budget_bytes)
     if max_num_seqs is not None:
-        max_num_seqs, chunk_steps, pairs = _continuous_arguments(model, r, attention, mesh, budget, max_num_seqs,
-                                                                 chunk_steps, skip)
-        return continuous.generate_continuous(model, r, mesh, budget, sampling=sampling, attention=attention,
+        max_num_seqs, chunk_steps, pairs, pages = _continuous_arguments(model, r, attention, mesh, budget,
+                                                                        max_num_seqs, chunk_steps, skip)
+        return continuous.generate_continuous(model, r, mesh, pages, sampling=sampling, attention=attention,
                                               repetition=repetition, max_num_seqs=max_num_seqs,
                                               chunk_steps=chunk_steps, skip=pairs, on_finish=on_finish)
     _static_only(skip)

@@ -239,12 +239,12 @@ class _Shard:
             return False
         victim = max(running, key=lambda s: s.admitted)
         self.claim(victim.prompt, [victim.sample])  # before the release: its prompt stays cached for it
-        self._release(victim)
+        self.release(victim)
         stats.preemptions += 1
         stats.recomputed_tokens += len(victim.tokens)
         return True
 
-    def _release(self, seq: _Sequence) -> None:
+    def release(self, seq: _Sequence) -> None:
         """Frees a sequence's slot and own pages, and its prompt's pages if it was the prompt's last user."""
         self.slots[seq.slot] = None
         self.pool.give(seq.pages)
@@ -308,8 +308,7 @@ class Scheduler:
     def __init__(self, layout: PagedLayout, prompt_lengths: list[int], num_samples: int, max_new_tokens: int, *,
                  num_pages: int, max_num_seqs: int, chunk: int, streams: np.ndarray, width: int,
                  eos_token_ids: tuple[int, ...], shards: int = 1, skip: Collection[tuple[int, int]] = ()):
-        if max_num_seqs % shards:
-            raise ValueError(f"max_num_seqs ({max_num_seqs}) must be a multiple of the 'data' shards ({shards})")
+        assert max_num_seqs % shards == 0, (max_num_seqs, shards)  # continuous.check refuses it for users
         self.g = _Geometry(layout, list(prompt_lengths), max_new_tokens, chunk)
         self.eos = set(eos_token_ids)
         self.max_num_seqs, self.width = max_num_seqs, width
@@ -427,7 +426,7 @@ class Scheduler:
     def _finish(self, shard: _Shard, seq: _Sequence, reason: int) -> None:
         self.results[(seq.prompt, seq.sample)] = (np.asarray(seq.tokens, np.int32), reason)
         self._finished.append((seq.prompt, seq.sample))
-        shard._release(seq)
+        shard.release(seq)
 
     def take_finished(self) -> list[tuple[int, int]]:
         """The (prompt, sample) pairs finished since the last call, in the order they finished."""
