@@ -26,7 +26,7 @@ from kinetics_jax.policies import AttentionConfig
 from kinetics_jax.sampling.decode import decode_step
 from kinetics_jax.sampling.prefill import prefill_into
 from kinetics_jax.sampling.samplers import SamplingConfig, sample, sample_keys
-from kinetics_jax.sampling.scheduler import SlotInputs
+from kinetics_jax.sampling.scheduler import PlacedSlots
 from kinetics_jax.sampling.stops import EOS, LENGTH, REPETITION, RUNNING, RepetitionStop, repeated
 from kinetics_jax.sharding import meshes, placement
 from kinetics_jax.sharding.axes import BATCH
@@ -151,7 +151,7 @@ class ChunkOutput(NamedTuple):
     reason: jax.Array
 
 
-def _chunk_impl(static: EngineStatic, params: nnx.State, engine: EngineState, rows: SlotInputs,
+def _chunk_impl(static: EngineStatic, params: nnx.State, engine: EngineState, placed: PlacedSlots,
                 max_new_tokens: jax.Array, seed: jax.Array, refill_after: jax.Array
                 ) -> tuple[EngineState, ChunkOutput]:
     """Up to static.chunk decode steps over the slots; the loop ends early when no row runs, or once
@@ -159,6 +159,7 @@ def _chunk_impl(static: EngineStatic, params: nnx.State, engine: EngineState, ro
     each running row's last token at its position, samples its next token (keys (seed, stream, sample,
     generated)), and stops it at an EOS id, max_new_tokens or the repetition stop."""
     model: Qwen3ForCausalLM = nnx.merge(static.graphdef, params)
+    rows = placed.unpacked()
     cache = _copy_pages(engine.cache, rows.copy_from, rows.copy_to, static.layout(model.config), static.mesh)
     history = engine.history
     if static.repetition is not None:  # a fresh row's history: its first token, then nothing

@@ -143,15 +143,27 @@ class SlotInputs(NamedTuple):
     copy_from: np.ndarray
     copy_to: np.ndarray
 
-    @staticmethod
-    def axes() -> "SlotInputs":
-        """The logical axes of each input (slots are rows)."""
-        rows = (BATCH,)
-        return SlotInputs((BATCH, None), *([rows] * 9))
+    def placed(self, mesh: Mesh) -> "PlacedSlots":
+        """The inputs as global arrays on `mesh`, in two transfers: the page table, and the per-slot vectors
+        stacked (a chunk's inputs cost two host-to-device puts, not ten)."""
+        vectors = np.stack([np.asarray(x, np.int32) for x in self[1:]])
+        return PlacedSlots(placement.put(self.page_table, (BATCH, None), mesh),
+                           placement.put(vectors, (None, BATCH), mesh))
 
-    def placed(self, mesh: Mesh) -> "SlotInputs":
-        """The inputs as global arrays on `mesh`."""
-        return SlotInputs(*(placement.put(x, axes, mesh) for x, axes in zip(self, self.axes())))
+
+class PlacedSlots(NamedTuple):
+    """SlotInputs on a mesh: page_table int32[S, W] and vectors int32[9, S] (the other fields in SlotInputs'
+    order, the bools as 0 / 1)."""
+
+    page_table: Any
+    vectors: Any
+
+    def unpacked(self) -> SlotInputs:
+        """The SlotInputs fields (inside the chunk program: traced arrays)."""
+        fields = dict(zip(SlotInputs._fields[1:], self.vectors))
+        for name in ("active", "fresh"):
+            fields[name] = fields[name] != 0
+        return SlotInputs(self.page_table, **fields)
 
 
 @dataclasses.dataclass
