@@ -24,7 +24,8 @@ engine with one slot per sequence, and transformers.
 
 transformers always runs alone in its own process: JAX's CPU threads slow torch in a shared process (the
 figure this benchmark replaced, 6-7x transformers, was taken that way). Times are medians of --repeats runs after
-a warm-up run (compilation excluded); "peak KV" is the cache the run held at most (the pages in use for the
+a warm-up run (compilation excluded), the heavy-tailed and fixed runs of a slot count timed in turn so that the
+machine's drift moves both alike; "peak KV" is the cache the run held at most (the pages in use for the
 continuous engine, the whole reservation for the static batch).
 """
 
@@ -88,6 +89,19 @@ def _median(fn, repeats: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
+
+
+def _interleaved(fns: list, repeats: int) -> list[tuple[float, object]]:
+    """(median seconds, last output) of each function, timed in turn `repeats` times after one warm-up each, so
+    that a drift of the machine's speed moves every function's times alike."""
+    outs = [fn() for fn in fns]
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[i] = fn()
+            times[i].append(time.perf_counter() - start)
+    return [(statistics.median(t), out) for t, out in zip(times, outs)]
 
 
 def _save(directory: str) -> None:
@@ -223,14 +237,14 @@ def _heavy_tailed() -> None:
     def generate(**kwargs):
         return kj.generate(model, prompts, num_samples=n, sampling=sampling, seed=1, **kwargs)
 
-    fixed_len = None
     for slots in cli.int_list(_SLOTS):
-        seconds, heavy = _median(lambda: generate(max_new_tokens=budget, eos_token_ids=EOS_IDS, max_num_seqs=slots,
-                                                  chunk_steps=_CHUNK.value), _REPEATS.value)
+        heavy_run = lambda: generate(max_new_tokens=budget, eos_token_ids=EOS_IDS, max_num_seqs=slots,
+                                     chunk_steps=_CHUNK.value)
+        heavy = heavy_run()  # warm-up, and the lengths the fixed control matches
         tokens = int(heavy.lengths.sum())
         fixed_len = max(2, round(tokens / heavy.lengths.size))
-        fixed_s, fixed = _median(lambda: generate(max_new_tokens=fixed_len, max_num_seqs=slots,
-                                                  chunk_steps=_CHUNK.value), _REPEATS.value)
+        fixed_run = lambda: generate(max_new_tokens=fixed_len, max_num_seqs=slots, chunk_steps=_CHUNK.value)
+        (seconds, heavy), (fixed_s, fixed) = _interleaved([heavy_run, fixed_run], _REPEATS.value)
         per_token = (seconds / tokens) / (fixed_s / int(fixed.lengths.sum()))
         rows.append((f"continuous S={slots} K={_CHUNK.value}", "heavy-tailed", tokens, int(heavy.lengths.max()),
                      seconds, heavy.stats.peak_pages * page_bytes, f"{per_token:.2f}x"))

@@ -1,8 +1,8 @@
-"""The decode step, the prefill and the whole generate program, compiled for a TPU and for an H100 at Qwen3-8B
-shapes the way kj.generate runs them (cache donated or loop-carried, the target's own kernels and split
-count), on this CPU machine. The compiled HLO must hold no HBM copy of a KV pool, a summary array or a weight
-(cost.hlo.materialized), and the step's temporaries must stay under 10% of its arguments: a step costs what
-it reads. A check skips only when its compiler is not installed, and says so.
+"""The decode step, the prefill, the whole generate program and the continuous engine's decode chunk, compiled
+for a TPU and for an H100 at Qwen3-8B shapes the way kj.generate runs them (cache donated or loop-carried, the
+target's own kernels and split count), on this CPU machine. The compiled HLO must hold no HBM copy of a KV pool,
+a summary array or a weight (cost.hlo.materialized), and the step's temporaries must stay under 10% of its
+arguments: a step costs what it reads. A check skips only when its compiler is not installed, and says so.
 """
 
 from __future__ import annotations
@@ -73,6 +73,17 @@ def test_generate_program_compiles_for_tpu_without_copies_in_the_loop():
     request = dataclasses.replace(_request("block_topk_shared_prompt"), context=2048)
     fn, args, kwargs = compiled.generate_program(request, _mesh("tpu-v5p"))
     _check(fn, args, kwargs)
+
+
+@pytest.mark.parametrize("target", ["tpu-v6e", "cuda-h100"])
+@pytest.mark.parametrize("name", ["dense", "block_topk_mean"])
+def test_continuous_decode_chunk_compiles_for_tpu_and_cuda_without_copies(target, name):
+    """The continuous engine's K-step chunk over 8 slots at 4096 tokens: the engine state donated and updated in
+    place (the cache aliased), no pool, summary or weight copied, temporaries under 10% of the arguments."""
+    fn, args = compiled.decode_chunk_program(_request(name), _mesh(target))
+    memory = _check(fn, args).memory_analysis()
+    assert memory.temp_size_in_bytes < 0.1 * memory.argument_size_in_bytes
+    assert memory.alias_size_in_bytes >= compiled.argument_bytes(args[1].cache)
 
 
 def test_decode_step_split_count_follows_the_compile_target_not_the_host():

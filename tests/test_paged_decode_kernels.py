@@ -225,6 +225,28 @@ def test_xla_work_follows_the_entries_read_not_the_list():
     assert rel_err(one[0], numpy_partials(case, 1)[0]) <= F32_TOL
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_xla_rows_do_not_depend_on_their_neighbours(dtype):
+    """The XLA loop takes the rows that read something, longest first, in groups of ceil(R / 4): 10 rows (groups
+    of 3, so one padded group) match float64, rows that read nothing give o = 0, lse = -inf, and a row's partials
+    are bit-identical with its neighbours emptied (another group, another position in it)."""
+    case = make_case(seed=5, rows=2, dtype=dtype, r=10)
+    end = case.end.copy()
+    end[[1, 4, 7]] = case.start[[1, 4, 7]]  # three rows that read nothing
+    case = dataclasses.replace(case, end=end)
+    case = dataclasses.replace(case, k=_poison(case, case.clean_k, HUGE), v=_poison(case, case.clean_v, np.nan))
+    o, lse = _partials(case, "xla", 2)
+    exact_o, exact_lse = numpy_partials(case, 2)
+    assert rel_err(o, exact_o) <= _tolerance(dtype)
+    np.testing.assert_allclose(lse, exact_lse, rtol=F32_TOL, atol=F32_TOL)
+    assert np.all(lse[[1, 4, 7]] == -np.inf) and np.all(o[[1, 4, 7]] == 0.0)
+    alone = end.copy()
+    alone[np.arange(10) != 5] = case.start[np.arange(10) != 5]
+    alone_o, alone_lse = _partials(dataclasses.replace(case, end=alone), "xla", 2)
+    np.testing.assert_array_equal(alone_o[5], o[5])
+    np.testing.assert_array_equal(alone_lse[5], lse[5])
+
+
 def test_paged_decode_default_implementation_on_cpu():
     """implementation=None on CPU runs the Triton kernel in interpret mode; the output keeps q's dtype."""
     case = make_case(seed=5, rows=2, dtype=jnp.bfloat16)

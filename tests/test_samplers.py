@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,7 +53,10 @@ def test_kept_sets_equal_numpy_reference(config):
         np.testing.assert_array_equal(ours[row], ref, err_msg=f"row {row}")
 
 
-@pytest.mark.parametrize("config", CONFIGS[:4], ids=str)
+UNFILTERED = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+
+
+@pytest.mark.parametrize("config", CONFIGS[:4] + [UNFILTERED], ids=str)
 def test_draws_follow_the_kept_distribution(config):
     """Chi-square goodness of fit of 20,000 draws against the renormalised kept distribution."""
     vocab, draws = 40, 20_000
@@ -153,3 +158,14 @@ def test_keys_read_the_32_bits_of_seed_and_stream():
     old = sample_keys(5, jnp.full(3, 5, jnp.int32), rows, 2)  # a seed below 2**31 keeps its keys
     np.testing.assert_array_equal(jax.random.key_data(old), jax.random.key_data(
         sample_keys(jnp.uint32(5), jnp.full(3, 5, jnp.uint32), rows, 2)))
+
+
+def test_only_top_p_or_min_p_without_top_k_sorts_the_vocabulary():
+    """A full-vocabulary sort per row and step is what sampling cost most in a small model's decode step: it runs
+    only where a filter needs the sorted order (top-p or min-p without top-k)."""
+    logits, keys = jnp.zeros((4, 64)), sample_keys(0, jnp.zeros(4, jnp.int32), jnp.arange(4), 0)
+    sorts = lambda config: re.search(r"\bsort\[", str(jax.make_jaxpr(lambda l, k: sample(l, k, config, 64))(
+        logits, keys))) is not None
+    assert not sorts(UNFILTERED) and not sorts(SamplingConfig(temperature=1.0, top_k=20, top_p=0.9))
+    assert sorts(SamplingConfig(temperature=1.0, top_k=0, top_p=0.9))
+    assert sorts(SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1))

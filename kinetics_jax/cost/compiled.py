@@ -20,6 +20,9 @@ The decode step is compiled the way the generate loop runs it: one `decode.decod
 - a request whose arguments (weights and cache) exceed the chip's HBM is refused before compiling, and XLA's
   cost analysis is skipped for a step that does not fit;
 - copies: HBM copies of a KV pool, a summary array or a weight (cost.hlo.materialized), which must be none.
+
+`generate_program` and `decode_chunk_program` give the whole static generate loop and the continuous engine's
+K-step decode chunk (sampling.chunk) with their abstract arguments, for the same checks on the programs as run.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from kinetics_jax.cache import KVCache, PagedLayout
 from kinetics_jax.checkpoint import layout
 from kinetics_jax.config import Qwen3Config
 from kinetics_jax.cost import analytic, hlo, targets
-from kinetics_jax.sampling import decode, engine, request as planned
+from kinetics_jax.sampling import chunk as programs, decode, engine, request as planned
 from kinetics_jax.sampling.prefill import prefill
 from kinetics_jax.sampling.request import DecodeInputs
 from kinetics_jax.sampling.samplers import SamplingConfig
@@ -268,6 +271,37 @@ def generate_program(request: Request, mesh: Mesh) -> tuple[Callable, tuple, dic
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=placement.replicated(mesh))
     fn = jax.jit(functools.partial(engine._generate_impl, program.static))  # _generate_jit with static bound
     return fn, (state, inputs), dict(max_new_tokens=scalar, seed=scalar)
+
+
+def decode_chunk_program(request: Request, mesh: Mesh, *, chunk: int = 8) -> tuple[Callable, tuple]:
+    """(jitted decode chunk with the engine state donated, its abstract arguments): the continuous engine's
+    program (sampling.chunk.decode_chunk) running up to `chunk` steps over request.rows slots, each slot's page
+    table as wide as `context` + chunk tokens need, from a pool of exactly the pages those slots hold."""
+    model = _abstract_model(request, unroll=False)
+    a = request.attention
+    dtype = jnp.dtype(request.dtype)
+    layout = PagedLayout.of(a, meshes.kv_replicas(request.config, mesh))
+    slots, shards = request.rows, mesh.shape[MESH_AXES[0]]
+    width = -(-(request.context + chunk + a.page_offset) // a.cache_page_size)
+    pool_pages = shards + slots * width  # each shard's null page and every slot's pages
+    static = programs.EngineStatic(
+        graphdef=nnx.graphdef(model), mesh=mesh, sampling=SamplingConfig(), attention=a, max_num_seqs=slots,
+        chunk=chunk, buffer=request.max_new_tokens + chunk, pool_pages=pool_pages, eos_token_ids=(),
+        vocab_size=request.config.vocab_size, repetition=None)
+    state = jax.eval_shape(lambda: programs.EngineState(
+        layout.zeros(request.config, pool_pages, dtype),
+        jnp.zeros((static.buffer, request.config.num_hidden_layers), jnp.int32),
+        jnp.zeros((slots, 0), jnp.int32)))
+    cache = KVCache(*(None if x is None else jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                  sharding=placement.sharding(ax, mesh, x.shape))
+                      for x, ax in zip(state.cache, layout.axes())))
+    engine_state = programs.EngineState(cache, _sds(np.zeros(state.attended.shape, np.int32), None, mesh),
+                                        _sds(np.zeros((slots, 0), np.int32), (BATCH, None), mesh))
+    placed = programs.PlacedSlots(_sds(np.zeros((slots, width), np.int32), (BATCH, None), mesh),
+                                  _sds(np.zeros((9, slots), np.int32), (None, BATCH), mesh))
+    scalar = _sds(np.zeros((), np.int32), None, mesh)
+    fn = jax.jit(functools.partial(programs._chunk_impl, static), donate_argnums=(1,))  # decode_chunk, bound
+    return fn, (_abstract_state(model, mesh), engine_state, placed, scalar, scalar, scalar)
 
 
 # ------------------------------------------------------------------------------------------------ analysis

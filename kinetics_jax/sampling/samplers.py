@@ -7,7 +7,9 @@ vocabulary size (Qwen3 pads its embedding from ~151,669 to 151,936 rows) are nev
 0.02 means greedy decoding, as in the Kinetics evaluation code.
 
 With top-k on, the later filters and the draw run on the k best logits only (exactly equivalent: every other
-token already has probability 0), so no full-vocabulary sort happens per step.
+token already has probability 0), so no full-vocabulary sort happens per step; with no filter at all (top_k 0,
+top_p 1, min_p 0) the draw runs on the logits as they are, unsorted. Only top-p or min-p without top-k sorts the
+vocabulary.
 """
 
 from __future__ import annotations
@@ -117,9 +119,11 @@ def sample(logits: jax.Array, keys: jax.Array, config: SamplingConfig, vocab_siz
         # top_k keeps ties with the k-th logit in the full-vocabulary form; with continuous logits ties have
         # probability zero, and lax.top_k then returns exactly the kept set.
         candidates, ids = jax.lax.top_k(logits, min(config.top_k, logits.shape[-1]))  # sorted descending
-    else:
+    elif config.top_p < 1.0 or config.min_p > 0.0:
         ids = jnp.argsort(-logits, axis=-1, stable=True)
         candidates = jnp.take_along_axis(logits, ids, axis=-1)
+    else:  # nothing to filter: draw from the whole vocabulary as it is, without sorting it
+        return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
     candidates = _filter_sorted(candidates, config)
     choice = jax.vmap(jax.random.categorical)(keys, candidates)
     return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
