@@ -76,10 +76,11 @@ def test_generate_program_compiles_for_tpu_without_copies_in_the_loop():
 
 
 @pytest.mark.parametrize("target", ["tpu-v6e", "cuda-h100"])
-@pytest.mark.parametrize("name", ["dense", "block_topk_mean"])
+@pytest.mark.parametrize("name", ["dense", "block_topk_mean", "cascade"])
 def test_continuous_decode_chunk_compiles_for_tpu_and_cuda_without_copies(target, name):
-    """The continuous engine's K-step chunk over 8 slots at 4096 tokens: the engine state donated and updated in
-    place (the cache aliased), no pool, summary or weight copied, temporaries under 10% of the arguments."""
+    """The continuous engine's K-step chunk over 8 slots at 4096 tokens (cascade: 2 prompts x 4 samples reading
+    their prompt's pages together): the engine state donated and updated in place (the cache aliased), no pool,
+    summary or weight copied, temporaries under 10% of the arguments."""
     fn, args = compiled.decode_chunk_program(_request(name), _mesh(target))
     memory = _check(fn, args).memory_analysis()
     assert memory.temp_size_in_bytes < 0.1 * memory.argument_size_in_bytes

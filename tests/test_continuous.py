@@ -25,6 +25,7 @@ HOT = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)  # every token possibl
 EOS = (7, 9, 11)  # ids a random 160-token model emits now and then: ragged lengths
 POLICIES = [
     AttentionConfig(),
+    AttentionConfig(tile_tokens=16),  # one-page tiles: prompts of a full page or more take the shared read
     AttentionConfig(BlockTopK(sink=4, local=0, block_size=16, block_topk=1)),
     AttentionConfig(BlockTopK(sink=5, local=7, block_size=16, block_topk=1, score="quest"), backend="pallas"),
     AttentionConfig(OracleTopK(sink=4, local=4, topk=8)),
@@ -106,7 +107,7 @@ def test_float32_samples_and_counters_equal_the_static_batch(attention, models):
     np.testing.assert_array_equal(result.attended_tokens, _expected_counters(result, lengths, attention))
 
 
-@pytest.mark.parametrize("attention", POLICIES[1:2], ids=AttentionConfig.describe)
+@pytest.mark.parametrize("attention", POLICIES[1:3], ids=AttentionConfig.describe)
 def test_bfloat16_samples_do_not_depend_on_slot_neighbours_order_chunk_or_slots(attention, models):
     """bfloat16, where batch-dependent numerics would show: the same samples alone, beside other prompts, in
     reverse arrival order (stream ids fixed), with another chunk size and with another slot count."""
@@ -197,7 +198,7 @@ def test_a_data_axis_gives_the_same_samples_and_counters(models):
     model = models["float32"]
     prompts = _prompts([5, 23, 40, 70, 17], seed=8)
     kwargs = dict(num_samples=3, max_new_tokens=40, sampling=HOT, eos_token_ids=EOS, max_num_seqs=4,
-                  chunk_steps=6, attention=POLICIES[1])
+                  chunk_steps=6, attention=POLICIES[2])
     base = generate(model, prompts, **kwargs)
     for shape in ((2, 1), (2, 2)):
         result = generate(model, prompts, mesh=meshes.make_mesh(shape, jax.devices()[:shape[0] * shape[1]]),

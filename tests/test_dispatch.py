@@ -12,7 +12,7 @@ import pytest
 import policy_numpy
 from lowering import MARKERS, export_mlir
 from kinetics_jax import Qwen3Config
-from kinetics_jax.attention import decode_attention, sparse_decode
+from kinetics_jax.attention import SharedPrefix, decode_attention, sparse_decode
 from kinetics_jax.cache import KVCache, PagedLayout
 from kinetics_jax.policies import AttentionConfig, BlockTopK, OracleTopK, SlidingWindow
 
@@ -120,6 +120,63 @@ def test_decode_attention_dense_and_cascade_pallas(num_samples):
         # float32 vs float64 over <= 44 tokens; the cascade merges two partial softmaxes by log-sum-exp.
         np.testing.assert_allclose(np.asarray(out[s]), policy_numpy.attend(q[s], ck[1, s], cv[1, s], kept),
                                    rtol=1e-5, atol=1e-5)
+
+
+def _slot_groups(slot_rows: list[int | None], num_samples: int, shared_pages: np.ndarray, width: int):
+    """A SharedPrefix of rows placed in any slots (slot_rows: the planned row in each slot, None: empty), grouped
+    as the continuous engine's scheduler groups them: samples s // width of a prompt, led by their first slot."""
+    leader, place, shared, first = [], [], [], {}
+    for i, row in enumerate(slot_rows):
+        p, s = (0, 0) if row is None else divmod(row, num_samples)
+        leader.append(i if row is None else first.setdefault((p, s // width), i))
+        place.append(s % width)
+        shared.append(0 if row is None else shared_pages[p])
+    as_int = lambda x: jnp.asarray(x, jnp.int32)
+    return SharedPrefix(as_int(leader), as_int(place), as_int(np.arange(len(slot_rows))), as_int(shared), width)
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
+def test_cascade_over_slots_in_any_order(backend):
+    """The cascade of the continuous engine: a prompt's samples in any slots, empty slots between them, groups of
+    `width` samples reading the prompt's pages once; each row equals the float64 attention over its tokens, and
+    a row's result is bit-identical whatever runs beside it (other queries, neighbours finished)."""
+    config = Qwen3Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=32)
+    n, prompt_lengths, new = 3, [37, 16, 5], 30
+    plan, cache, ck, cv = _filled_cache(prompt_lengths, n, new, config, offset=0)
+    rng = np.random.default_rng(3)
+    slot_rows = [int(r) for r in rng.permutation(9)]
+    for i in (2, 7, 11):
+        slot_rows.insert(i, None)
+    table = np.zeros((12, plan.page_table.shape[1]), np.int32)
+    lengths = np.zeros(12, np.int32)
+    for i, row in enumerate(slot_rows):
+        if row is not None:
+            table[i] = plan.page_table[row]
+            lengths[i] = prompt_lengths[row // n] + row % 7 + 1
+    prefix = _slot_groups(slot_rows, n, plan.shared_pages_per_prompt, width=2)
+    q = rng.normal(size=(12, 8, 32)).astype(np.float32)
+    attention = AttentionConfig(backend=backend)
+    fn = jax.jit(lambda q, lengths, prefix: decode_attention(q, cache, jnp.int32(1), jnp.asarray(table), lengths,
+                                                             attention, prefix=prefix))
+    out, attended = fn(jnp.asarray(q), jnp.asarray(lengths), prefix)
+    np.testing.assert_array_equal(np.asarray(attended), lengths)
+    for i, row in enumerate(slot_rows):
+        if row is None:
+            continue
+        kept = np.zeros((2, ck.shape[2]), bool)
+        kept[:, :lengths[i]] = True
+        # float32 vs float64 over <= 44 tokens; the cascade merges two partial softmaxes by log-sum-exp.
+        np.testing.assert_allclose(np.asarray(out[i]), policy_numpy.attend(q[i], ck[1, row], cv[1, row], kept),
+                                   rtol=1e-5, atol=1e-5)
+    # The neighbours change: other queries, and every other odd slot finished (length 0).
+    q2 = rng.normal(size=q.shape).astype(np.float32)
+    q2[::2] = q[::2]
+    lengths2 = np.where(np.arange(12) % 2 == 0, lengths, 0).astype(np.int32)
+    out2, _ = fn(jnp.asarray(q2), jnp.asarray(lengths2), prefix)
+    for i in range(0, 12, 2):
+        if lengths[i]:
+            np.testing.assert_array_equal(np.asarray(out2[i]), np.asarray(out[i]), err_msg=f"slot {i}")
 
 
 # Qwen3-8B decode shapes: Hq 32, Hkv 8, head_dim 128, bf16; 8 sequences of up to 4096 tokens, 2 layers.

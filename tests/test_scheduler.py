@@ -12,13 +12,15 @@ from kinetics_jax.sampling.scheduler import Scheduler
 from kinetics_jax.sampling.stops import EOS, LENGTH, RUNNING
 
 
-def _simulate(layout, lengths, targets, num_pages, max_num_seqs, chunk, max_new=64, shards=1, skip=()):
+def _simulate(layout, lengths, targets, num_pages, max_num_seqs, chunk, max_new=64, shards=1, skip=(),
+              share_width=3, share_from=2):
     """Runs the scheduler with chunks that stop sample (p, s) after targets[p, s] tokens; checks the invariants
     of every chunk plan (in each data shard). Returns the scheduler."""
     num_samples = targets.shape[1]
     scheduler = Scheduler(layout, lengths, num_samples, max_new, num_pages=num_pages, max_num_seqs=max_num_seqs,
                           chunk=chunk, streams=np.arange(len(lengths)), width=64, eos_token_ids=(),
-                          shards=shards, skip=skip)
+                          shards=shards, skip=skip, share_width=share_width,
+                          share_from=share_from)
     per = max_num_seqs // shards
     for _ in range(10_000):
         if scheduler.finished:
@@ -47,6 +49,7 @@ def _simulate(layout, lengths, targets, num_pages, max_num_seqs, chunk, max_new=
             last = plan.positions[i] + min(chunk, max_new - plan.generated[i]) - 1
             assert plan.page_table[i, (last + layout.page_offset) // layout.page_size] != NULL_PAGE
         assert not plan.active[[i for i in range(max_num_seqs) if i not in rows]].any()
+        _check_groups(scheduler, plan, rows, per, share_width, share_from)
         tokens = np.full((max_num_seqs, chunk), -1, np.int32)
         generated, reasons = plan.generated.copy(), np.full(max_num_seqs, RUNNING, np.int32)
         for i in rows:
@@ -60,6 +63,24 @@ def _simulate(layout, lengths, targets, num_pages, max_num_seqs, chunk, max_new=
         if rows:
             scheduler.record(tokens, generated, reasons)
     raise AssertionError(f"no end after 10,000 chunks: {scheduler.stats}")
+
+
+def _check_groups(scheduler, plan, rows, per, share_width, share_from):
+    """The rows' shared-prompt groups: a row's leader is the first running row of its shard holding the same
+    prompt and sample group, each place of a group is taken once, and `shared` is the prompt's full pages (0
+    below share_from of them)."""
+    places = set()
+    for i in rows:
+        shard = scheduler.shards[i // per]
+        seq = shard.slots[i % per]
+        key = seq.prompt, seq.sample // share_width
+        first = min(j for j in rows if j // per == i // per and (shard.slots[j % per].prompt,
+                                                                   shard.slots[j % per].sample // share_width) == key)
+        assert plan.leader[i] == first % per and plan.place[i] == seq.sample % share_width
+        full = len(shard.prompts[seq.prompt].full)
+        assert plan.shared[i] == (full if full >= share_from else 0)
+        assert (i // per, plan.leader[i], plan.place[i]) not in places
+        places.add((i // per, plan.leader[i], plan.place[i]))
 
 
 @pytest.mark.parametrize("page_offset", [0, 5])

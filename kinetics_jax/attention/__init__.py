@@ -2,7 +2,7 @@
 between dense, cascade and a policy's sparse step (`dispatch`), and the attention over a keep mask that the
 policies' specifications use (`reference`). The policies themselves live in kinetics_jax.policies."""
 
-from kinetics_jax.attention.dispatch import decode_attention, sparse_decode
+from kinetics_jax.attention.dispatch import SharedPrefix, decode_attention, min_shared_pages, sparse_decode
 from kinetics_jax.attention.reference import reference_decode
 
-__all__ = ["decode_attention", "reference_decode", "sparse_decode"]
+__all__ = ["SharedPrefix", "decode_attention", "min_shared_pages", "reference_decode", "sparse_decode"]

@@ -18,6 +18,7 @@ thing for contiguous K/V [B, T, Hkv, D], for users and tests without a cache.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,14 @@ _MIN_PAGES_PER_SPLIT = 8
 
 def _implementation(config: AttentionConfig) -> str | None:
     return "xla" if config.backend == "xla" else None  # None: the kernel for the lowering platform
+
+
+def min_shared_pages(config: AttentionConfig, platform: str, dtype, page_size: int) -> int:
+    """The fewest full prompt pages worth a separate shared read (the cascade) on `platform`: one loop iteration
+    of the kernel or XLA loop that reads them. Below that, the shared read costs an iteration of its own and
+    saves none, so the continuous engine leaves such a prompt to each sample's own read."""
+    tile = kernels.tile_tokens_of(_implementation(config), platform, dtype, config.tile_tokens)
+    return max(1, -(-tile // page_size))
 
 
 def _num_splits(rows: int, kv_heads: int, entries: int, config: AttentionConfig, platform: str) -> int:
@@ -65,29 +74,78 @@ def _read(q: jax.Array, cache: KVCache, layer: jax.Array, pages: PageList, confi
     return kernels.merge_partials(o, lse, axis=2)[0].reshape(b, hq, d).astype(q.dtype)
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["group", "position", "table_row", "pages"],
+                   meta_fields=["width"])
+@dataclasses.dataclass(frozen=True)
+class SharedPrefix:
+    """How rows that share a prompt's first pages are grouped to read them once per step: row i is at place
+    position[i] (< width, static) of group group[i] (< G; G or more: no group); group g reads the first pages[g]
+    entries of row table_row[g]'s page table (the prompt's pages, the same in every member's table). int32
+    arrays group, position [B], table_row, pages [G]; under a mesh, rows and groups are split over "data"
+    together and the ids are shard-local."""
+
+    group: jax.Array
+    position: jax.Array
+    table_row: jax.Array
+    pages: jax.Array
+    width: int
+
+    @staticmethod
+    def of_samples(shared_pages: jax.Array, num_samples: int) -> "SharedPrefix":
+        """The static batch's layout: B = P x num_samples rows, prompt p's samples in rows p N .. p N + N - 1,
+        the first shared_pages[p] (int32[P]) entries of their tables the prompt's."""
+        rows = jnp.arange(shared_pages.shape[0] * num_samples, dtype=jnp.int32)
+        return SharedPrefix(rows // num_samples, rows % num_samples, rows[::num_samples],
+                            shared_pages.astype(jnp.int32), num_samples)
+
+
 def _cascade(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
-             shared_pages: jax.Array, num_samples: int, page_offset: int, config: AttentionConfig,
-             platform: str) -> jax.Array:
-    """Dense attention for B = P x N sequences whose first shared_pages[p] page-table entries are shared."""
+             prefix: SharedPrefix, page_offset: int, config: AttentionConfig, platform: str) -> jax.Array:
+    """Dense attention for B rows grouped by `prefix`: the query heads of a group's running rows are the rows
+    of one program over the group's shared pages (read once), each row then reads its own pages after them;
+    the two partial softmaxes are merged by log-sum-exp. A group with no running row reads nothing; while no
+    group reads shared pages, the step is one plain dense read (the same numbers: an empty shared partial adds
+    exact zeros to the merge). A row's result depends on its own query and pages only, not on the other rows of
+    its group."""
+    b = q.shape[0]
+    ps, n, g = cache.page_size, prefix.width, prefix.pages.shape[0]
+    joined = jnp.where(lengths > 0, prefix.group, g)  # a row that does not run joins no group
+    members = jnp.full((g, n), b, jnp.int32).at[joined, prefix.position].set(jnp.arange(b, dtype=jnp.int32),
+                                                                            mode="drop")
+    live = jnp.zeros((g,), bool).at[joined].set(True, mode="drop") & (prefix.pages > 0)
+    plain = lambda q: _read(q, cache, layer, selection.dense_pages(page_table, lengths, ps, page_offset), config,
+                            platform)
+    split = lambda q: _split_read(q, cache, layer, page_table, lengths, prefix, members, live, page_offset, config,
+                                  platform)
+    return _cond(live, lambda live: live.any(), split, plain, q)
+
+
+def _split_read(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
+                prefix: SharedPrefix, members: jax.Array, live: jax.Array, page_offset: int,
+                config: AttentionConfig, platform: str) -> jax.Array:
+    """_cascade's two reads: each live group's shared pages for its members' queries (members int32[G, width],
+    B: an empty place), then every row's own pages; merged by log-sum-exp."""
     b, hq, d = q.shape
     hkv, ps = cache.k.shape[1], cache.page_size
-    group, prompts = hq // hkv, b // num_samples
-    # Shared prompt pages: the N samples' query groups of a prompt are the rows of one program.
-    q_shared = q.reshape(prompts, num_samples, hkv, group, d).transpose(0, 2, 1, 3, 4)
-    q_shared = q_shared.reshape(prompts, hkv, num_samples * group, d)
-    shared_end = shared_pages * ps
-    shared = selection.dense_pages(page_table[::num_samples], shared_end - page_offset, ps, page_offset)
+    group, n, g = hq // hkv, prefix.width, prefix.pages.shape[0]
+    # Shared prompt pages: a group's query groups, by place (an empty place: zero queries), in one program.
+    q4 = jnp.concatenate([q.reshape(b, hkv, group, d), jnp.zeros((1, hkv, group, d), q.dtype)])
+    q_shared = q4[members].transpose(0, 2, 1, 3, 4).reshape(g, hkv, n * group, d)
+    shared_end = jnp.where(live, prefix.pages, 0) * ps
+    shared = selection.dense_pages(page_table[prefix.table_row], shared_end - page_offset, ps, page_offset)
     o1, lse1 = _partials(q_shared, cache, layer, shared, config, platform)
     splits = o1.shape[2]
-    o1 = o1.reshape(prompts, hkv, splits, num_samples, group, d).transpose(0, 3, 1, 2, 4, 5)
-    o1 = o1.reshape(b, hkv, splits, group, d)
-    lse1 = lse1.reshape(prompts, hkv, splits, num_samples, group).transpose(0, 3, 1, 2, 4)
-    lse1 = lse1.reshape(b, hkv, splits, group)
-    # Each sample's own pages.
-    first_own = jnp.maximum(jnp.repeat(shared_end, num_samples), page_offset)
+    at = jnp.minimum(prefix.group, g - 1), prefix.position  # each row's group and place: [B, Hkv, splits, ...]
+    o1 = o1.reshape(g, hkv, splits, n, group, d)[at[0], :, :, at[1]]
+    lse1 = lse1.reshape(g, hkv, splits, n, group)[at[0], :, :, at[1]]
+    # Each row's own pages.
+    first_own = jnp.maximum(prefix.pages[at[0]] * ps, page_offset)
     own = selection.dense_pages(page_table, lengths, ps, page_offset, first_token=first_own)
     o2, lse2 = _partials(q.reshape(b, hkv, group, d), cache, layer, own, config, platform)
-    out, _ = kernels.merge_partials(jnp.concatenate([o1, o2], axis=2), jnp.concatenate([lse1, lse2], axis=2),
+    # Each read's splits merged apart, then the two: a row with nothing shared gets its own read's merge exactly
+    # (weights 0 and 1), as from the plain read, whatever its neighbours share.
+    parts = [kernels.merge_partials(o, lse, axis=2) for o, lse in ((o1, lse1), (o2, lse2))]
+    out, _ = kernels.merge_partials(jnp.stack([o for o, _ in parts], axis=2), jnp.stack([l for _, l in parts], axis=2),
                                     axis=2)
     return out.reshape(b, hq, d).astype(q.dtype)
 
@@ -121,15 +179,18 @@ class LayerStep:
 
 def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table: jax.Array, lengths: jax.Array,
                      config: AttentionConfig, *, num_samples: int = 1,
-                     shared_pages: jax.Array | None = None, head_mean: selection.HeadMean | None = None,
-                     platform: str | None = None) -> tuple[jax.Array, jax.Array]:
+                     shared_pages: jax.Array | None = None, prefix: SharedPrefix | None = None,
+                     head_mean: selection.HeadMean | None = None, platform: str | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
     """One decode step of one layer for B sequences.
 
     q [B, Hq, D] (rotated); cache: pools [L, Hkv, P, ps, D] (the current token already appended); layer: int32
     scalar; page_table int32[B, M]; lengths int32[B] (cached tokens, the current one included; the cache's
     pages are laid out with config.cache_page_size and config.page_offset); num_samples, shared_pages
     int32[P]: B = P x num_samples sequences whose first shared_pages[p] entries are shared (enables the
-    cascade and the shared scoring of block top-k; None: nothing shared); head_mean: when the query heads of a
+    cascade and the shared scoring of block top-k; None: nothing shared); prefix: rows grouped by a shared
+    prompt in any other layout (the continuous engine's slots; the cascade only, a sparse policy scores each row
+    alone; exclusive with shared_pages); head_mean: when the query heads of a
     KV head are split over devices, the function that completes group means (sharding.meshes.kv_head_mean; block
     selection uses it); platform: the compilation target ("gpu", "tpu", "cpu"; default: jax's default backend),
     which sets the kernel's split count. Returns (out [B, Hq, D], KV tokens attended int32[B]).
@@ -137,10 +198,14 @@ def decode_attention(q: jax.Array, cache: KVCache, layer: jax.Array, page_table:
     platform = platform or jax.default_backend()
     ps, page_offset, policy = cache.page_size, config.page_offset, config.policy
 
+    if num_samples > 1 and shared_pages is not None:
+        if prefix is not None:
+            raise ValueError("decode_attention: give shared_pages (with num_samples) or prefix, not both")
+        prefix = SharedPrefix.of_samples(shared_pages, num_samples)
+
     def dense(q):
-        if num_samples > 1 and shared_pages is not None:
-            out = _cascade(q, cache, layer, page_table, lengths, shared_pages, num_samples, page_offset, config,
-                           platform)
+        if prefix is not None and prefix.width > 1:
+            out = _cascade(q, cache, layer, page_table, lengths, prefix, page_offset, config, platform)
         else:
             out = _read(q, cache, layer, selection.dense_pages(page_table, lengths, ps, page_offset), config,
                         platform)

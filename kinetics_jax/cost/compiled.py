@@ -47,6 +47,7 @@ from kinetics_jax.sampling import chunk as programs, decode, engine, request as 
 from kinetics_jax.sampling.prefill import prefill
 from kinetics_jax.sampling.request import DecodeInputs
 from kinetics_jax.sampling.samplers import SamplingConfig
+from kinetics_jax.sampling.scheduler import SlotInputs
 from kinetics_jax.sharding import meshes, placement, planning
 from kinetics_jax.sharding.axes import BATCH, MESH_AXES
 
@@ -276,7 +277,8 @@ def generate_program(request: Request, mesh: Mesh) -> tuple[Callable, tuple, dic
 def decode_chunk_program(request: Request, mesh: Mesh, *, chunk: int = 8) -> tuple[Callable, tuple]:
     """(jitted decode chunk with the engine state donated, its abstract arguments): the continuous engine's
     program (sampling.chunk.decode_chunk) running up to `chunk` steps over request.rows slots, each slot's page
-    table as wide as `context` + chunk tokens need, from a pool of exactly the pages those slots hold."""
+    table as wide as `context` + chunk tokens need, from a pool of exactly the pages those slots hold; the
+    samples of a prompt read its pages together (the cascade) when request.num_samples > 1."""
     model = _abstract_model(request, unroll=False)
     a = request.attention
     dtype = jnp.dtype(request.dtype)
@@ -287,7 +289,8 @@ def decode_chunk_program(request: Request, mesh: Mesh, *, chunk: int = 8) -> tup
     static = programs.EngineStatic(
         graphdef=nnx.graphdef(model), mesh=mesh, sampling=SamplingConfig(), attention=a, max_num_seqs=slots,
         chunk=chunk, buffer=request.max_new_tokens + chunk, pool_pages=pool_pages, eos_token_ids=(),
-        vocab_size=request.config.vocab_size, repetition=None)
+        vocab_size=request.config.vocab_size, repetition=None,
+        share_width=min(request.num_samples, slots // shards))
     state = jax.eval_shape(lambda: programs.EngineState(
         layout.zeros(request.config, pool_pages, dtype),
         jnp.zeros((static.buffer, request.config.num_hidden_layers), jnp.int32),
@@ -298,7 +301,8 @@ def decode_chunk_program(request: Request, mesh: Mesh, *, chunk: int = 8) -> tup
     engine_state = programs.EngineState(cache, _sds(np.zeros(state.attended.shape, np.int32), None, mesh),
                                         _sds(np.zeros((slots, 0), np.int32), (BATCH, None), mesh))
     placed = programs.PlacedSlots(_sds(np.zeros((slots, width), np.int32), (BATCH, None), mesh),
-                                  _sds(np.zeros((9, slots), np.int32), (None, BATCH), mesh))
+                                  _sds(np.zeros((len(SlotInputs._fields) - 1, slots), np.int32), (None, BATCH),
+                                       mesh))
     scalar = _sds(np.zeros((), np.int32), None, mesh)
     fn = jax.jit(functools.partial(programs._chunk_impl, static), donate_argnums=(1,))  # decode_chunk, bound
     return fn, (_abstract_state(model, mesh), engine_state, placed, scalar, scalar, scalar)

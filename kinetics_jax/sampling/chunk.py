@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from kinetics_jax.attention import SharedPrefix
 from kinetics_jax.cache import KVCache, PagedLayout
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.policies import AttentionConfig
@@ -29,7 +30,7 @@ from kinetics_jax.sampling.samplers import SamplingConfig, sample, sample_keys
 from kinetics_jax.sampling.scheduler import PlacedSlots
 from kinetics_jax.sampling.stops import EOS, LENGTH, REPETITION, RUNNING, RepetitionStop, repeated
 from kinetics_jax.sharding import meshes, placement
-from kinetics_jax.sharding.axes import BATCH
+from kinetics_jax.sharding.axes import BATCH, DATA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,8 @@ class EngineStatic:
     """What shapes the engine's programs (hashable: a static jit argument). max_num_seqs: decode slots; chunk:
     steps per decode chunk; buffer: the per-step counter rows and the token history of the repetition stop
     (>= max_new_tokens); pool_pages: the whole page pool, data shards x pages per shard (each shard's null page
-    included)."""
+    included); share_width: the places of a shared-prompt read (attention.SharedPrefix; 1: every row reads its
+    prompt's pages itself)."""
 
     graphdef: nnx.GraphDef
     mesh: Mesh
@@ -50,6 +52,7 @@ class EngineStatic:
     eos_token_ids: tuple[int, ...]
     vocab_size: int
     repetition: RepetitionStop | None
+    share_width: int = 1
 
     def __post_init__(self) -> None:  # jit hashes its static argument at every call: hash the graphdef once
         object.__setattr__(self, "_hash", hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self))))
@@ -167,6 +170,10 @@ def _chunk_impl(static: EngineStatic, params: nnx.State, engine: EngineState, pl
         history = jnp.where(rows.fresh[:, None], start, history)
     eos = jnp.asarray(static.eos_token_ids or (-1,), jnp.int32)
     s_ = static.max_num_seqs
+    prefix = None
+    if static.share_width > 1:  # the slots' groups by shared prompt, in shard-local row ids
+        local = jnp.arange(s_, dtype=jnp.int32) % (s_ // static.mesh.shape[DATA])
+        prefix = SharedPrefix(rows.leader, rows.place, local, rows.shared, static.share_width)
 
     class Carry(NamedTuple):
         i: jax.Array
@@ -186,7 +193,7 @@ def _chunk_impl(static: EngineStatic, params: nnx.State, engine: EngineState, pl
 
     def body(c: Carry) -> Carry:
         logits, cache, counts = decode_step(model, c.cache, c.token, c.position, rows.page_table, c.running,
-                                            static.attention, mesh=static.mesh)
+                                            static.attention, prefix=prefix, mesh=static.mesh)
         keys = sample_keys(seed, rows.streams, rows.samples, c.generated)
         nxt = jnp.where(c.running, sample(logits, keys, static.sampling, static.vocab_size), -1)
         step_row = jnp.where(c.running, c.generated - 1, static.buffer)  # the sample's decode step j

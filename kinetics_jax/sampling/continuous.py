@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from kinetics_jax.attention import min_shared_pages
 from kinetics_jax.cache import PagedLayout
 from kinetics_jax.checks import ceil_div
 from kinetics_jax.model import Qwen3ForCausalLM
@@ -163,12 +164,13 @@ def generate_continuous(model: Qwen3ForCausalLM, r: Request, mesh: Mesh, per_sha
         graphdef=nnx.graphdef(model), mesh=mesh, sampling=sampling, attention=attention,
         max_num_seqs=max_num_seqs, chunk=chunk_steps, buffer=bucket(r.max_new_tokens),
         pool_pages=shards * per_shard, eos_token_ids=r.eos_token_ids, vocab_size=r.vocab_size,
-        repetition=repetition)
+        repetition=repetition, share_width=min(r.num_samples, max_num_seqs // shards))
     layout = static.layout(model.config)
     width = bucket(ceil_div(max(lengths) + r.max_new_tokens - 1 + layout.page_offset, layout.page_size))
     scheduler = Scheduler(layout, lengths, r.num_samples, r.max_new_tokens, num_pages=per_shard,
                           max_num_seqs=max_num_seqs, chunk=chunk_steps, streams=r.streams, width=width,
-                          eos_token_ids=r.eos_token_ids, shards=shards, skip=skip)
+                          eos_token_ids=r.eos_token_ids, shards=shards, skip=skip, share_width=static.share_width,
+                          share_from=min_shared_pages(attention, meshes.platform(mesh), model.dtype, layout.page_size))
     params = placement.place_params(model, mesh)
     engine = programs.empty_state(static, model)
     put = lambda x: placement.put(np.asarray(x, np.int32), None, mesh)

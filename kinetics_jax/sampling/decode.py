@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from kinetics_jax.attention import decode_attention
+from kinetics_jax.attention import SharedPrefix, decode_attention
 from kinetics_jax.cache import NULL_PAGE, KVCache, PagedLayout
 from kinetics_jax.model import Qwen3ForCausalLM
 from kinetics_jax.policies import AttentionConfig
@@ -30,26 +30,29 @@ from kinetics_jax.sharding.axes import BATCH, HEAD_DIM, HEADS, KV_HEADS
 class _Rows(NamedTuple):
     """What each row's step reads besides the token: where its K/V go (page, slot int32[B]), its page table
     int32[B, M], its cached tokens lengths int32[B] (the current one included) and, per prompt, the entries its
-    samples share (shared_pages int32[P], or None)."""
+    samples share (shared_pages int32[P], or None) or the rows' groups by shared prompt (prefix, or None)."""
 
     page: jax.Array
     slot: jax.Array
     page_table: jax.Array
     lengths: jax.Array
     shared_pages: jax.Array | None
+    prefix: SharedPrefix | None
 
     def axes(self) -> "_Rows":
         rows = (BATCH,)
-        return _Rows(rows, rows, (BATCH, None), rows, None if self.shared_pages is None else rows)
+        prefix = None if self.prefix is None else SharedPrefix(rows, rows, rows, rows, self.prefix.width)
+        return _Rows(rows, rows, (BATCH, None), rows, None if self.shared_pages is None else rows, prefix)
 
 
 def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, positions: jax.Array,
                 page_table: jax.Array, active: jax.Array, attention: AttentionConfig, num_samples: int = 1,
-                shared_pages: jax.Array | None = None, mesh: Mesh | None = None
+                shared_pages: jax.Array | None = None, mesh: Mesh | None = None, prefix: SharedPrefix | None = None
                 ) -> tuple[jax.Array, KVCache, jax.Array]:
     """Feeds tokens int32[B] at positions int32[B]: appends their K/V to each sequence's page (and the summary of
     a page it fills) and attends through its page table with the `attention` policy. shared_pages int32[P]: the
-    page-table entries the `num_samples` samples of each prompt share (see decode_attention). Under a `mesh`
+    page-table entries the `num_samples` samples of each prompt share; prefix: the rows' groups by shared prompt
+    in any other layout, one group per row at most (G = B; see decode_attention). Under a `mesh`
     the cache write, the page selection and the kernels run per shard (rows and pages split over "data",
     heads over "model"; page tables hold shard-local page ids, num_samples and shared_pages are per shard), and
     the mesh's devices say which platform the kernels are built for.
@@ -62,7 +65,7 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
     lengths = positions + 1
     if active is not None:  # None keeps host-known positions known while tracing (cost analysis)
         page, lengths = jnp.where(active, page, NULL_PAGE), jnp.where(active, lengths, 0)
-    rows = _Rows(page, slot, page_table, lengths, shared_pages)
+    rows = _Rows(page, slot, page_table, lengths, shared_pages, prefix)
     head_mean = None if replicas == 1 else functools.partial(meshes.kv_head_mean, replicas=replicas)
     platform = meshes.platform(mesh)
 
@@ -70,7 +73,7 @@ def decode_step(model: Qwen3ForCausalLM, cache: KVCache, tokens: jax.Array, posi
         cache = cache.append(layer, rows.page, rows.slot, k, v)
         out, attended = decode_attention(q, cache, layer, rows.page_table, rows.lengths, attention,
                                          num_samples=num_samples, shared_pages=rows.shared_pages,
-                                         head_mean=head_mean, platform=platform)
+                                         prefix=rows.prefix, head_mean=head_mean, platform=platform)
         return out, cache, attended[:, None]
 
     cache_axes = layout.axes()

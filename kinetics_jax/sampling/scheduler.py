@@ -130,7 +130,10 @@ class SlotInputs(NamedTuple):
     int32[S] (its position), generated int32[S] (tokens sampled so far), active bool[S], streams / samples
     int32[S] (the row's prompt stream id, its uint32 bits, and sample index), fresh bool[S] (admitted since the
     last chunk), copy_from / copy_to int32[S] (the tail page a fresh row copies into its first own page;
-    NULL_PAGE: none). Host arrays from `Scheduler.chunk_plan`; `placed` puts them on a mesh."""
+    NULL_PAGE: none), leader / place / shared int32[S] (the row's group by shared prompt: the shard-local row
+    that reads the prompt's full pages for it, its place in that read, and the number of those pages, 0 when
+    they are too few to read apart; see
+    attention.SharedPrefix). Host arrays from `Scheduler.chunk_plan`; `placed` puts them on a mesh."""
 
     page_table: np.ndarray
     tokens: np.ndarray
@@ -142,6 +145,9 @@ class SlotInputs(NamedTuple):
     fresh: np.ndarray
     copy_from: np.ndarray
     copy_to: np.ndarray
+    leader: np.ndarray
+    place: np.ndarray
+    shared: np.ndarray
 
     def placed(self, mesh: Mesh) -> "PlacedSlots":
         """The inputs as global arrays on `mesh`, in two transfers: the page table, and the per-slot vectors
@@ -152,7 +158,7 @@ class SlotInputs(NamedTuple):
 
 
 class PlacedSlots(NamedTuple):
-    """SlotInputs on a mesh: page_table int32[S, W] and vectors int32[9, S] (the other fields in SlotInputs'
+    """SlotInputs on a mesh: page_table int32[S, W] and vectors int32[12, S] (the other fields in SlotInputs'
     order, the bools as 0 / 1)."""
 
     page_table: Any
@@ -315,15 +321,19 @@ class Scheduler:
     `shards` data shards, each with a pool of `num_pages` pages laid out by `layout`; each decode chunk runs up
     to `chunk` steps. A shard with a free slot and nothing of its own waiting claims the next prompt (in prompt
     order): all of a prompt's samples run in the shard that holds its pages. `skip`: (prompt, sample) pairs not
-    to run (a resumed job's finished samples)."""
+    to run (a resumed job's finished samples). `share_width`: the samples of a prompt whose queries read its
+    full pages together, in groups of samples s // share_width (1: each row reads its own); a prompt of fewer
+    than `share_from` full pages is read by each sample with its own pages (attention.min_shared_pages)."""
 
     def __init__(self, layout: PagedLayout, prompt_lengths: list[int], num_samples: int, max_new_tokens: int, *,
                  num_pages: int, max_num_seqs: int, chunk: int, streams: np.ndarray, width: int,
-                 eos_token_ids: tuple[int, ...], shards: int = 1, skip: Collection[tuple[int, int]] = ()):
+                 eos_token_ids: tuple[int, ...], shards: int = 1, skip: Collection[tuple[int, int]] = (),
+                 share_width: int = 1, share_from: int = 1):
         assert max_num_seqs % shards == 0, (max_num_seqs, shards)  # continuous.check refuses it for users
         self.g = _Geometry(layout, list(prompt_lengths), max_new_tokens, chunk)
         self.eos = set(eos_token_ids)
         self.max_num_seqs, self.width = max_num_seqs, width
+        self.share_width, self.share_from = share_width, share_from
         self.streams = np.asarray(streams).astype(np.uint32).view(np.int32)
         self.stats = SchedulerStats()
         self.shards = [_Shard(d, self.g, num_pages, max_num_seqs // shards) for d in range(shards)]
@@ -405,9 +415,16 @@ class Scheduler:
         ints = {name: np.zeros(s_, np.int32) for name in ("tokens", "positions", "generated", "streams", "samples")}
         copy_from, copy_to = np.zeros(s_, np.int32), np.zeros(s_, np.int32)
         active, fresh = np.zeros(s_, bool), np.zeros(s_, bool)
+        local = s_ // len(self.shards)
+        leader, place, shared = np.arange(s_, dtype=np.int32) % local, np.zeros(s_, np.int32), np.zeros(s_, np.int32)
+        leaders: dict[tuple[int, int, int], int] = {}  # (shard, prompt, sample group) -> its first local row
         for i, shard, seq in self._rows():
             if seq is None:
                 continue
+            key = shard.index, seq.prompt, seq.sample // self.share_width
+            leader[i] = leaders.setdefault(key, i % local)
+            full = len(shard.prompts[seq.prompt].full)
+            place[i], shared[i] = seq.sample % self.share_width, full if full >= self.share_from else 0
             entry = shard.prompts[seq.prompt]
             row = entry.full + seq.pages
             table[i, :len(row)] = row
@@ -418,7 +435,8 @@ class Scheduler:
             ints["streams"][i], ints["samples"][i] = self.streams[seq.prompt], seq.sample
             if seq.fresh and entry.tail != NULL_PAGE:
                 copy_from[i], copy_to[i] = entry.tail, seq.pages[0]
-        return SlotInputs(table, active=active, fresh=fresh, copy_from=copy_from, copy_to=copy_to, **ints)
+        return SlotInputs(table, active=active, fresh=fresh, copy_from=copy_from, copy_to=copy_to, leader=leader,
+                          place=place, shared=shared, **ints)
 
     def record(self, tokens: np.ndarray, generated: np.ndarray, reasons: np.ndarray) -> None:
         """A chunk's outputs per slot: tokens int32[S, K] (the tokens it sampled, -1 where a row was not

@@ -38,6 +38,17 @@ def _mosaic(*args, num_splits: int, tile_tokens: int | None, interpret: bool) ->
                                             tile_tokens=tile_tokens or mosaic_tpu.TILE_TOKENS)
 
 
+def tile_tokens_of(implementation: str | None, platform: str, dtype, tile_tokens: int | None = None) -> int:
+    """KV tokens one loop iteration of the implementation reads (None implementation: the one `platform`'s
+    lowering picks) over pools of `dtype`: a list shorter than this costs a whole iteration all the same."""
+    name = implementation or ("mosaic" if platform == "tpu" else "triton")
+    if tile_tokens:
+        return tile_tokens
+    if name == "xla":
+        return xla.CHUNK_TOKENS
+    return mosaic_tpu.TILE_TOKENS if name == "mosaic" else triton.launch(dtype, 1).tile_tokens
+
+
 _IMPLEMENTATIONS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
     "triton": _triton,
     "mosaic": _mosaic,
